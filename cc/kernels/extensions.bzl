@@ -1,0 +1,44 @@
+"""The one list of native extensions, their sources and compiler flags.
+
+Read by two front doors: cc/kernels/BUILD.bazel (Bazel) and tools/build_kernels.py (no Bazel, e.g.
+a GPU machine). The tool parses this file as Python literals, so keep it data only: no calls,
+no loads, no comprehensions.
+
+Each extension becomes the Python module `cc.kernels.<name>`:
+  srcs       C++ sources of the pybind11 module (host compiler)
+  cuda_srcs  CUDA sources (nvcc); an extension with any is built only where CUDA is found
+  hdrs       headers its sources include (workspace-relative includes: "cc/kernels/...")
+  cutlass    True if the CUDA sources include CUTLASS/CuTe headers
+"""
+
+# Host C++ flags (also passed to nvcc's host compiler through -Xcompiler).
+CXX_FLAGS = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=fast"]
+
+LINK_FLAGS = ["-fopenmp"]
+
+# nvcc flags for .cu files (the build adds -Xcompiler=-fPIC, -ccbin and the -gencode flags).
+NVCC_FLAGS = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "--extended-lambda", "-lineinfo"]
+
+# Default GPU targets: Ampere (sm_80) and Hopper with wgmma/TMA (sm_90a).
+# Override without editing: VISIONSSM_CUDA_ARCHS="90a" (both front doors read it).
+CUDA_ARCHS = ["80", "90a"]
+
+COMMON_HDRS = [
+    "common/parallel.h",
+    "common/check.h",
+]
+
+EXTENSIONS = {
+    "hello_cpu": {
+        "srcs": ["hello_cpu.cc"],
+        "cuda_srcs": [],
+        "hdrs": [],
+        "cutlass": False,
+    },
+    "hello_cuda": {
+        "srcs": ["hello_cuda_module.cc"],
+        "cuda_srcs": ["hello_cuda.cu"],
+        "hdrs": ["hello_cuda.h"],
+        "cutlass": True,
+    },
+}

@@ -1,0 +1,1 @@
+"""VisionSSM evaluators: accuracy, params/FLOPs, throughput, ERF and attention maps."""

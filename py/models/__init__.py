@@ -1,0 +1,1 @@
+"""VisionSSM models: VMamba, Vim, DyVM and PVMamba families (see the models issue)."""

@@ -1,0 +1,80 @@
+"""Shared input validation and backend choice for py.ops.
+
+Every public op validates its arguments with these helpers, so errors read the same everywhere:
+they name the argument and say the expected shape/dtype/device.
+"""
+import warnings
+
+import torch
+
+from py.ops import _native
+
+BACKENDS = ("auto", "reference", "cpu", "cuda")
+_warned = set()
+
+
+def check_tensor(name, t, ndim=None, dtypes=None, shape_doc=None, optional=False):
+    """Raises TypeError/ValueError naming `name` unless t is a tensor of `ndim` dims and a dtype in `dtypes`."""
+    if t is None:
+        if optional:
+            return
+        raise TypeError(f"{name} is required{f' (shape {shape_doc})' if shape_doc else ''}")
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D{f' {shape_doc}' if shape_doc else ''}, "
+                         f"got shape {tuple(t.shape)}")
+    if dtypes is not None and t.dtype not in dtypes:
+        names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise TypeError(f"{name} must have dtype in ({names}), got {t.dtype}")
+
+
+def check_shape(name, t, expected, shape_doc=None):
+    """Raises ValueError unless t.shape == expected (a tuple, None entries match anything)."""
+    if t is None:
+        return
+    ok = t.dim() == len(expected) and all(e is None or e == s for e, s in zip(expected, t.shape))
+    if not ok:
+        want = "(" + ", ".join("*" if e is None else str(e) for e in expected) + ")"
+        raise ValueError(f"{name} must have shape {shape_doc or want} = {want}, got {tuple(t.shape)}")
+
+
+def check_same_device(**tensors):
+    """Raises ValueError unless all given (non-None) tensors share one device."""
+    items = [(k, v) for k, v in tensors.items() if v is not None]
+    first_name, first = items[0]
+    for name, t in items[1:]:
+        if t.device != first.device:
+            raise ValueError(f"{name} must be on the same device as {first_name} ({first.device}), "
+                             f"got {t.device}")
+
+
+def resolve_backend(op, backend, device, cpu_dtype_ok=True, cuda_extension=None):
+    """Maps backend='auto' to the best available implementation for `device`; checks explicit ones.
+
+    CUDA tensors never fall back to a much slower path silently: the fallback warns once per op.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        if device.type == "cpu":
+            return "cpu" if cpu_dtype_ok else "reference"
+        if device.type == "cuda":
+            if cuda_extension is not None and _native.load(cuda_extension) is not None:
+                return "cuda"
+            if op not in _warned:
+                _warned.add(op)
+                reason = (_native.unavailable_reason(cuda_extension) if cuda_extension
+                          else "no CUDA kernel for this op yet")
+                warnings.warn(f"{op}: CUDA tensors are running the PyTorch reference, which is much "
+                              f"slower ({reason})", RuntimeWarning, stacklevel=3)
+            return "reference"
+        return "reference"
+    if backend == "cpu":
+        if device.type != "cpu":
+            raise ValueError(f"{op}: backend='cpu' needs CPU tensors, got {device}")
+        if not cpu_dtype_ok:
+            raise TypeError(f"{op}: backend='cpu' supports float32/float64 inputs only")
+    if backend == "cuda" and device.type != "cuda":
+        raise ValueError(f"{op}: backend='cuda' needs CUDA tensors, got {device}")
+    return backend

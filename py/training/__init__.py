@@ -1,0 +1,1 @@
+"""VisionSSM trainer and data pipeline."""
