@@ -17,7 +17,8 @@ def main(argv):
     root = _project_root()
     sys.path[:] = [root] + [p for p in sys.path if os.path.abspath(p or ".") != root]
     sys.modules.pop("py", None)  # pytest's legacy `py.py` must not shadow the project's `py` package
-    workdir = os.environ.get("BUILD_WORKING_DIRECTORY")
+    # ./bazelw records the caller's directory (it may start Bazel from the workspace root).
+    workdir = os.environ.get("VISIONSSM_CALLER_DIR") or os.environ.get("BUILD_WORKING_DIRECTORY")
     if workdir:
         os.chdir(workdir)
     if not argv:
