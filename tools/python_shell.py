@@ -17,6 +17,8 @@ def main(argv):
     root = _project_root()
     sys.path[:] = [root] + [p for p in sys.path if os.path.abspath(p or ".") != root]
     sys.modules.pop("py", None)  # pytest's legacy `py.py` must not shadow the project's `py` package
+    # Child interpreters (torchrun workers, subprocesses) must find the project too.
+    os.environ["PYTHONPATH"] = os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
     # ./bazelw records the caller's directory (it may start Bazel from the workspace root).
     workdir = os.environ.get("VISIONSSM_CALLER_DIR") or os.environ.get("BUILD_WORKING_DIRECTORY")
     if workdir:

@@ -35,6 +35,30 @@ EXTENSIONS = {
         "hdrs": [],
         "cutlass": False,
     },
+    "selective_scan_cpu": {
+        "srcs": ["selective_scan_cpu.cc"],
+        "cuda_srcs": [],
+        "hdrs": [],
+        "cutlass": False,
+    },
+    "ssd_cpu": {
+        "srcs": ["ssd_cpu.cc"],
+        "cuda_srcs": [],
+        "hdrs": [],
+        "cutlass": False,
+    },
+    "dcnv4_cpu": {
+        "srcs": ["dcnv4_cpu.cc"],
+        "cuda_srcs": [],
+        "hdrs": [],
+        "cutlass": False,
+    },
+    "cross_scan_cpu": {
+        "srcs": ["cross_scan_cpu.cc"],
+        "cuda_srcs": [],
+        "hdrs": [],
+        "cutlass": False,
+    },
     "hello_cuda": {
         "srcs": ["hello_cuda_module.cc"],
         "cuda_srcs": ["hello_cuda.cu"],

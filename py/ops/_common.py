@@ -3,6 +3,7 @@
 Every public op validates its arguments with these helpers, so errors read the same everywhere:
 they name the argument and say the expected shape/dtype/device.
 """
+import contextlib
 import warnings
 
 import torch
@@ -78,3 +79,56 @@ def resolve_backend(op, backend, device, cpu_dtype_ok=True, cuda_extension=None)
     if backend == "cuda" and device.type != "cuda":
         raise ValueError(f"{op}: backend='cuda' needs CUDA tensors, got {device}")
     return backend
+
+
+class FlopRecorder:
+    """Collects the true multiply-add counts that ops report while `flop_recording()` is active.
+
+    `inside_op` is > 0 while an op's body runs: a FLOP counter that also watches aten ops
+    (py.models.flops) skips them then, so an op is counted once, by its own formula.
+    """
+
+    def __init__(self):
+        self.by_op = {}
+        self.inside_op = 0
+
+    def add(self, op, flops):
+        self.by_op[op] = self.by_op.get(op, 0) + int(flops)
+
+    @property
+    def total(self):
+        return sum(self.by_op.values())
+
+
+_RECORDERS = []
+
+
+@contextlib.contextmanager
+def flop_recording():
+    """Context in which ops report their FLOPs to the yielded FlopRecorder."""
+    recorder = FlopRecorder()
+    _RECORDERS.append(recorder)
+    try:
+        yield recorder
+    finally:
+        _RECORDERS.remove(recorder)
+
+
+def active_flop_recorder():
+    return _RECORDERS[-1] if _RECORDERS else None
+
+
+@contextlib.contextmanager
+def op_scope(op, flops_fn):
+    """Public ops run their body in this scope; `flops_fn()` is evaluated only while recording."""
+    recorder = active_flop_recorder()
+    if recorder is None:
+        yield
+        return
+    if recorder.inside_op == 0:
+        recorder.add(op, flops_fn())
+    recorder.inside_op += 1
+    try:
+        yield
+    finally:
+        recorder.inside_op -= 1

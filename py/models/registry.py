@@ -1,0 +1,107 @@
+"""Model registry: `create_model(name)` / `list_models()`, mirrored into timm's registry.
+
+Each family module decorates its builders with `@register_model(default_cfg)`. A builder takes
+`num_classes`, `img_size` and config overrides as keyword arguments and returns an nn.Module that
+exposes `forward_features`, `forward_head`, `num_classes`, `reset_classifier` and `default_cfg`.
+"""
+import fnmatch
+import pathlib
+
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_BUILDERS = {}
+_DEFAULT_CFGS = {}
+
+
+def imagenet_cfg(**kwargs):
+    """The data-pipeline defaults of an ImageNet classifier (timm's default_cfg keys)."""
+    cfg = dict(input_size=(3, 224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_pct=0.875,
+               interpolation="bicubic", num_classes=1000, first_conv="", classifier="head")
+    cfg.update(kwargs)
+    return cfg
+
+
+def register_model(default_cfg=None):
+    """Decorator: registers `fn` under its own name here and in timm (so timm.create_model works)."""
+    def wrap(fn):
+        name = fn.__name__
+        if name in _BUILDERS:
+            raise ValueError(f"model {name!r} is registered twice")
+        _BUILDERS[name] = fn
+        _DEFAULT_CFGS[name] = dict(default_cfg or imagenet_cfg())
+        _register_with_timm(name)
+        return fn
+    return wrap
+
+
+def _register_with_timm(name):
+    try:
+        from timm.models import _registry as timm_registry
+    except ImportError:  # timm is optional for py.models itself
+        return
+
+    def timm_entry(pretrained=False, **kwargs):
+        kwargs.pop("pretrained_cfg", None)
+        kwargs.pop("pretrained_cfg_overlay", None)
+        kwargs.pop("cache_dir", None)
+        return create_model(name, pretrained=pretrained or None, **kwargs)
+
+    timm_entry.__name__ = name
+    timm_entry.__module__ = __name__
+    if name not in timm_registry._model_entrypoints:
+        timm_registry.register_model(timm_entry)
+
+
+def list_models(pattern="*"):
+    """Sorted names of registered models matching a shell-style pattern."""
+    return sorted(n for n in _BUILDERS if fnmatch.fnmatch(n, pattern))
+
+
+def create_model(name, pretrained=None, num_classes=1000, img_size=224, **overrides):
+    """Builds a registered model.
+
+    pretrained: None/False, or a path to a checkpoint (.safetensors, or a torch file holding a state
+        dict, optionally under a "model"/"state_dict" key) whose keys match this model exactly.
+    num_classes: classifier outputs (0 for a headless feature extractor).
+    img_size: input resolution (int or (H, W)); must fit the model's patch grid.
+    overrides: config values of the family (e.g. drop_path_rate, features_only, out_indices).
+    """
+    if name not in _BUILDERS:
+        close = [n for n in _BUILDERS if name.split("_")[0] in n][:8]
+        raise ValueError(f"unknown model {name!r}; known: {close or list_models()}")
+    model = _BUILDERS[name](num_classes=num_classes, img_size=img_size, **overrides)
+    cfg = dict(_DEFAULT_CFGS[name])
+    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    cfg.update(input_size=(cfg["input_size"][0],) + size, num_classes=num_classes)
+    model.default_cfg = cfg
+    model.pretrained_cfg = cfg
+    if pretrained:
+        load_checkpoint(model, pretrained)
+    return model
+
+
+def load_checkpoint(model, path):
+    """Loads a state dict into `model`, raising a clear error that lists missing/unexpected keys."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        state = load_file(str(path))
+    else:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        for key in ("model_ema", "model", "state_dict"):
+            if isinstance(state, dict) and isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise KeyError(f"checkpoint {path} does not match {type(model).__name__}: "
+                       f"missing keys {result.missing_keys[:20]}"
+                       f"{' ...' if len(result.missing_keys) > 20 else ''}, "
+                       f"unexpected keys {result.unexpected_keys[:20]}"
+                       f"{' ...' if len(result.unexpected_keys) > 20 else ''}")
+    return model

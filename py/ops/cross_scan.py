@@ -1,0 +1,143 @@
+"""VMamba cross-scan / cross-merge: the four traversal orders of SS2D and their exact adjoint.
+
+Three layers, like the other ops:
+  * `cross_scan_reference` / `cross_merge_reference`: plain PyTorch (transpose/flip), any dtype/device;
+  * the `cc.kernels.cross_scan_cpu` kernels (fused gather / scatter-add, float32 and float64);
+  * `CrossScanFunction` / `CrossMergeFunction`: autograd, where backward(scan) = merge and vice versa.
+"""
+import torch
+
+from py.ops import _common, _native
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def cross_scan_reference(x):
+    """(B, C, H, W) -> (B, 4, C, H*W) in plain PyTorch; see `cross_scan`."""
+    B, C, H, W = x.shape
+    y = x.new_empty((B, 4, C, H * W))
+    y[:, 0] = x.flatten(2)
+    y[:, 1] = x.transpose(2, 3).flatten(2)
+    y[:, 2:4] = y[:, 0:2].flip(-1)
+    return y
+
+
+def cross_merge_reference(y):
+    """(B, 4, C, H, W) -> (B, C, H*W) in plain PyTorch; see `cross_merge`."""
+    B, _, C, H, W = y.shape
+    y = y.reshape(B, 4, C, H * W)
+    pairs = y[:, 0:2] + y[:, 2:4].flip(-1)  # (y0 + rev y2, y1 + rev y3)
+    return pairs[:, 0] + pairs[:, 1].reshape(B, C, W, H).transpose(2, 3).reshape(B, C, H * W)
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernel binding
+
+def _dtype_name(t):
+    return str(t.dtype).removeprefix("torch.")
+
+
+def _cpu_scan(x):
+    B, C, H, W = x.shape
+    out = torch.empty((B, 4, C, H * W), dtype=x.dtype)
+    if out.numel():
+        _native.require("cross_scan_cpu").scan(_dtype_name(x), x.data_ptr(), list(x.stride()),
+                                               out.data_ptr(), B, C, H, W, torch.get_num_threads())
+    return out
+
+
+def _cpu_merge(y):
+    B, _, C, H, W = y.shape
+    out = torch.empty((B, C, H * W), dtype=y.dtype)
+    if out.numel():
+        _native.require("cross_scan_cpu").merge(_dtype_name(y), y.data_ptr(), list(y.stride()),
+                                                out.data_ptr(), B, C, H, W, torch.get_num_threads())
+    return out
+
+
+class CrossScanFunction(torch.autograd.Function):
+    """x (B, C, H, W) -> (B, 4, C, H*W) with the CPU kernel; backward is the CPU cross-merge."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.hw = x.shape[2:]
+        return _cpu_scan(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        H, W = ctx.hw
+        return CrossMergeFunction.apply(grad.unflatten(-1, (H, W))).unflatten(-1, (H, W))
+
+
+class CrossMergeFunction(torch.autograd.Function):
+    """y (B, 4, C, H, W) -> (B, C, H*W) with the CPU kernel; backward is the CPU cross-scan."""
+
+    @staticmethod
+    def forward(ctx, y):
+        ctx.hw = y.shape[3:]
+        return _cpu_merge(y)
+
+    @staticmethod
+    def backward(ctx, grad):
+        H, W = ctx.hw
+        return CrossScanFunction.apply(grad.unflatten(-1, (H, W))).unflatten(-1, (H, W))
+
+
+# ------------------------------------------------------------------------------------------------
+# Public ops
+
+def _backend(op, t, backend):
+    native = t.dtype in (torch.float32, torch.float64) and t.device.type == "cpu"
+    backend = _common.resolve_backend(op, backend, t.device, cpu_dtype_ok=native)
+    if backend == "cuda":
+        raise NotImplementedError(f"{op}: backend='cuda' has no CUDA kernel yet; use backend='reference'")
+    return backend
+
+
+def _check_spatial(name, t, dims, shape_doc):
+    if any(t.shape[d] < 1 for d in dims):
+        raise ValueError(f"{name} must have H, W >= 1 {shape_doc}, got shape {tuple(t.shape)}")
+
+
+def cross_scan(x, backend="auto"):
+    """VMamba CrossScan: x (B, C, H, W) -> ys (B, 4, C, L), L = H*W.
+
+    ys[b, k, c, l_k(h, w)] = x[b, c, h, w] with the four traversals
+      k=0 row-major          l0 = h*W + w
+      k=1 column-major       l1 = w*H + h
+      k=2 reversed row-major L-1-l0
+      k=3 reversed column-major L-1-l1.
+    The backward is `cross_merge` (its exact adjoint). Any strides are accepted.
+
+    Backends: "reference" (PyTorch transpose/flip, any floating dtype and device); "cpu" (fused C++
+    gather, float32/float64 CPU tensors); "auto" picks "cpu" for float32/float64 CPU tensors and the
+    reference otherwise (CUDA tensors warn once); "cuda" is not implemented yet.
+    """
+    _common.check_tensor("x", x, ndim=4, dtypes=_FLOATS, shape_doc="(B, C, H, W)")
+    _check_spatial("x", x, (2, 3), "(B, C, H, W)")
+    backend = _backend("cross_scan", x, backend)
+    with _common.op_scope("cross_scan", lambda: 0):  # data movement: 0 FLOPs (py.models.flops)
+        if backend == "reference":
+            return cross_scan_reference(x)
+        return CrossScanFunction.apply(x)
+
+
+def cross_merge(y, backend="auto"):
+    """VMamba CrossMerge, the exact adjoint of `cross_scan`: y (B, 4, C, H, W) -> (B, C, L), L = H*W.
+
+    y[b, k, c] holds a sequence of length L (its (H, W) dims only carry the map size, read in
+    row-major order as l = h'*W + w'). With l0 = h*W + w and l1 = w*H + h:
+      out[b, c, l0] = (y[b,0,c,l0] + y[b,2,c,L-1-l0]) + (y[b,1,c,l1] + y[b,3,c,L-1-l1])
+    so cross_merge(cross_scan(x)) = 4*x and <cross_scan(x), y> = <x, cross_merge(y)>.
+    The backward is `cross_scan`. Any strides are accepted.
+
+    Backends: as for `cross_scan`.
+    """
+    _common.check_tensor("y", y, ndim=5, dtypes=_FLOATS, shape_doc="(B, 4, C, H, W)")
+    _common.check_shape("y", y, (None, 4, None, None, None), shape_doc="(B, 4, C, H, W)")
+    _check_spatial("y", y, (3, 4), "(B, 4, C, H, W)")
+    backend = _backend("cross_merge", y, backend)
+    with _common.op_scope("cross_merge", lambda: 0):  # data movement: 0 FLOPs (py.models.flops)
+        if backend == "reference":
+            return cross_merge_reference(y)
+        return CrossMergeFunction.apply(y)

@@ -1,0 +1,240 @@
+"""Selective scan (the S6 recurrence of Mamba-1 / VMamba / Vim): reference, CPU kernel, autograd.
+
+Three layers, as in mamba_ssm:
+  * `selective_scan_reference`: the sequential recurrence in plain PyTorch (any float dtype; the
+    oracle of the tests, differentiable through autograd);
+  * the native kernel `cc.kernels.selective_scan_cpu` (float32/float64 forward and backward);
+  * `SelectiveScanCpuFn`, the torch.autograd.Function that calls the kernel's forward/backward.
+`selective_scan` validates the arguments and dispatches on `backend`.
+"""
+import torch
+import torch.nn.functional as F
+
+from py.ops import _common, _native
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_EXT = "selective_scan_cpu"
+
+
+def _compute_dtype(dtype):
+    """fp32 state for fp32/fp16/bf16 inputs, fp64 for fp64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                             return_last_state=False):
+    """The recurrence step by step in plain PyTorch (differentiable; slow for long sequences).
+
+    Same arguments and result as `selective_scan`; no validation beyond what PyTorch does.
+    Computes in float64 for float64 `u`, otherwise in float32, and returns `u`'s dtype.
+    """
+    dtype_out = u.dtype
+    cd = _compute_dtype(u.dtype)
+    u, delta, A = u.to(cd), delta.to(cd), A.to(cd)
+    B, C = B.to(cd), C.to(cd)
+    if B.dim() == 3:
+        B = B.unsqueeze(1)
+    if C.dim() == 3:
+        C = C.unsqueeze(1)
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    rep = dim // B.shape[1]
+    Bx = B.repeat_interleave(rep, dim=1)  # (batch, dim, N, L)
+    Cx = C.repeat_interleave(rep, dim=1)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(cd)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)  # log1p(exp(x)) for x <= 20, x above (threshold 20)
+    dA = torch.exp(delta[:, :, None, :] * A[None, :, :, None])  # (batch, dim, N, L)
+    dBu = delta[:, :, None, :] * Bx * u[:, :, None, :]
+    h = u.new_zeros(batch, dim, N)
+    ys = []
+    for t in range(L):
+        h = dA[..., t] * h + dBu[..., t]
+        ys.append((h * Cx[..., t]).sum(-1))
+    y = torch.stack(ys, dim=-1) if ys else u.new_zeros(batch, dim, 0)
+    if D is not None:
+        y = y + D.to(cd)[:, None] * u
+    if z is not None:
+        y = y * F.silu(z.to(cd))
+    y = y.to(dtype_out)
+    if return_last_state:
+        return y, h.detach().to(dtype_out)
+    return y
+
+
+# --------------------------------------------------------------------------------------------
+# Native CPU kernel
+
+
+def _lastdim_contig(x):
+    return x if x is None or x.stride(-1) == 1 else x.contiguous()
+
+
+def _ptr(x):
+    return 0 if x is None else x.data_ptr()
+
+
+def _strides(x, n):
+    return [] if x is None else list(x.stride()[:n])
+
+
+def _slices(batch, groups, cpg):
+    """Channel slices per (batch, group) in the backward: enough units for parallelism, each with its
+    own dB/dC partial sum (a function of the shape only, so results do not depend on threads)."""
+    units = max(1, batch * groups)
+    return max(1, min(cpg, -(-64 // units)))
+
+
+def _kernel_common(u, delta, A, B, C, D, z, delta_bias, softplus, chunk):
+    batch, dim, L = u.shape
+    groups, N = B.shape[1], A.shape[1]
+    return dict(dtype=str(u.dtype).removeprefix("torch."), batch=batch, dim=dim, L=L, N=N, groups=groups,
+                softplus=bool(softplus), chunk=chunk, u=_ptr(u), u_strides=_strides(u, 2),
+                delta=_ptr(delta), delta_strides=_strides(delta, 2), A=_ptr(A), A_strides=list(A.stride()),
+                B=_ptr(B), B_strides=_strides(B, 3), C=_ptr(C), C_strides=_strides(C, 3), D=_ptr(D),
+                D_stride=0 if D is None else D.stride(0), bias=_ptr(delta_bias),
+                bias_stride=0 if delta_bias is None else delta_bias.stride(0), z=_ptr(z),
+                z_strides=_strides(z, 2))
+
+
+class SelectiveScanCpuFn(torch.autograd.Function):
+    """CPU kernel forward/backward. All tensor inputs share one dtype, float32 or float64; u, delta,
+    z, B, C have unit stride on their last (time) axis. Returns (y, last_state or None)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+        mod = _native.require(_EXT)
+        u, delta, B, C, z = (_lastdim_contig(t) for t in (u, delta, B, C, z))
+        batch, dim, L = u.shape
+        N = A.shape[1]
+        chunk = mod.chunk_len(N)
+        nblk = -(-L // chunk)
+        needs_grad = any(ctx.needs_input_grad[:8])
+        y = torch.empty(batch, dim, L, dtype=u.dtype)
+        last = torch.empty(batch, dim, N, dtype=u.dtype) if return_last_state else None
+        ckpt = torch.empty(batch, dim, nblk, N, dtype=u.dtype) if needs_grad and nblk > 1 else None
+        args = _kernel_common(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk)
+        mod.forward(**args, y=y.data_ptr(), last_state=_ptr(last), ckpt=_ptr(ckpt),
+                    threads=torch.get_num_threads())
+        ctx.softplus = bool(delta_softplus)
+        ctx.chunk = chunk
+        ctx.has = (D is not None, z is not None, delta_bias is not None)
+        if needs_grad:
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)
+        if last is not None:
+            ctx.mark_non_differentiable(last)
+        return y, last
+
+    @staticmethod
+    def backward(ctx, dy, _dlast):
+        mod = _native.require(_EXT)
+        u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
+        batch, dim, L = u.shape
+        groups, N = B.shape[1], A.shape[1]
+        dy = _lastdim_contig(dy.to(u.dtype))
+        slices = _slices(batch, groups, dim // groups)
+        du = torch.empty(batch, dim, L, dtype=u.dtype)
+        ddelta = torch.empty_like(du)
+        dz = torch.empty_like(du) if z is not None else None
+        dA_part = torch.empty(batch, dim, N, dtype=u.dtype)
+        dB_part = torch.empty(slices, batch, groups, N, L, dtype=u.dtype)
+        dC_part = torch.empty_like(dB_part)
+        dD_part = torch.empty(batch, dim, dtype=u.dtype) if D is not None else None
+        dbias_part = torch.empty(batch, dim, dtype=u.dtype) if delta_bias is not None else None
+        args = _kernel_common(u, delta, A, B, C, D, z, delta_bias, ctx.softplus, ctx.chunk)
+        mod.backward(**args, dout=dy.data_ptr(), dout_strides=_strides(dy, 2), ckpt=_ptr(ckpt),
+                     du=du.data_ptr(), ddelta=ddelta.data_ptr(), dz=_ptr(dz), dA_part=dA_part.data_ptr(),
+                     dB_part=dB_part.data_ptr(), dC_part=dC_part.data_ptr(), dD_part=_ptr(dD_part),
+                     dbias_part=_ptr(dbias_part), slices=slices, threads=torch.get_num_threads())
+        dA = dA_part.sum(0)
+        dB = dB_part[0] if slices == 1 else dB_part.sum(0)
+        dC = dC_part[0] if slices == 1 else dC_part.sum(0)
+        dD = dD_part.sum(0) if dD_part is not None else None
+        dbias = dbias_part.sum(0) if dbias_part is not None else None
+        return du, ddelta, dA, dB, dC, dD, dz, dbias, None, None
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+
+
+def _check_finite(name, t):
+    if t is not None and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} must be finite (found NaN or inf)")
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, backend="auto"):
+    """Selective scan (S6) of Mamba-1 / VMamba / Vim.
+
+    Shapes (G = groups, dim % G == 0; channel d uses group g = d // (dim // G)):
+      u, delta, z: (batch, dim, L);  A: (dim, N), real;  B, C: (batch, G, N, L) or (batch, N, L) (G = 1);
+      D, delta_bias: (dim,).  u, delta, B, C, z share a float dtype (float16/bfloat16/float32/float64);
+      A, D, delta_bias may have any float dtype (they are used in the compute dtype).
+
+    Computes, for every batch b, channel d, state n and step t (h_{-1} = 0):
+      δ_t = delta[b,d,t] + delta_bias[d];  if delta_softplus: δ_t = log1p(exp(δ_t)) where δ_t <= 20
+      h_t[n] = exp(δ_t·A[d,n]) · h_{t-1}[n] + δ_t · B[b,g,n,t] · u[b,d,t]
+      y[b,d,t] = Σ_n C[b,g,n,t] · h_t[n] + D[d] · u[b,d,t]
+      if z is given: y = y · silu(z)   (mamba_ssm's out_z convention)
+    State and arithmetic are float32 for float32/16-bit inputs and float64 for float64 inputs; y has
+    u's dtype. Gradients flow to every tensor argument that requires them (u, delta, A, B, C, D, z,
+    delta_bias); dB/dC sums over a group's channels are deterministic.
+
+    Returns y (batch, dim, L), or (y, last_state) with last_state = h_{L-1} (batch, dim, N), which
+    carries no gradient, if return_last_state.
+
+    backend: "cpu" (the C++ kernel; 16-bit inputs go through a float32 copy), "reference" (the
+    sequential PyTorch loop, `selective_scan_reference`), "cuda" (not implemented yet: raises), or
+    "auto" (cpu for CPU tensors; CUDA tensors run the reference, with a one-time warning).
+    A, D and delta_bias are checked to be finite (cheap: they are small); the activations are not.
+    """
+    op = "selective_scan"
+    _common.check_tensor("u", u, ndim=3, dtypes=_FLOATS, shape_doc="(batch, dim, L)")
+    batch, dim, L = u.shape
+    _common.check_tensor("delta", delta, ndim=3, dtypes=(u.dtype,), shape_doc="(batch, dim, L)")
+    _common.check_shape("delta", delta, (batch, dim, L), shape_doc="(batch, dim, L) like u")
+    _common.check_tensor("A", A, ndim=2, shape_doc="(dim, N)")
+    if A.is_complex() or not A.is_floating_point():
+        raise TypeError(f"A must be a real floating tensor (complex A is not supported), got {A.dtype}")
+    _common.check_shape("A", A, (dim, None), shape_doc="(dim, N)")
+    N = A.shape[1]
+    if N < 1:
+        raise ValueError(f"A must have shape (dim, N) with N >= 1, got {tuple(A.shape)}")
+    for name, t in (("B", B), ("C", C)):
+        _common.check_tensor(name, t, dtypes=(u.dtype,), shape_doc="(batch, groups, N, L) or (batch, N, L)")
+        if t.dim() not in (3, 4):
+            raise ValueError(f"{name} must be 3-D (batch, N, L) or 4-D (batch, groups, N, L), "
+                             f"got shape {tuple(t.shape)}")
+    B = B.unsqueeze(1) if B.dim() == 3 else B
+    C = C.unsqueeze(1) if C.dim() == 3 else C
+    groups = B.shape[1]
+    if groups < 1 or dim % groups != 0:
+        raise ValueError(f"B must have shape (batch, groups, N, L) with dim % groups == 0 "
+                         f"(dim = {dim}), got {tuple(B.shape)}")
+    _common.check_shape("B", B, (batch, groups, N, L), shape_doc="(batch, groups, N, L)")
+    _common.check_shape("C", C, (batch, groups, N, L), shape_doc="(batch, groups, N, L) like B")
+    _common.check_tensor("D", D, ndim=1, dtypes=_FLOATS, shape_doc="(dim,)", optional=True)
+    _common.check_shape("D", D, (dim,), shape_doc="(dim,)")
+    _common.check_tensor("z", z, ndim=3, dtypes=(u.dtype,), shape_doc="(batch, dim, L)", optional=True)
+    _common.check_shape("z", z, (batch, dim, L), shape_doc="(batch, dim, L) like u")
+    _common.check_tensor("delta_bias", delta_bias, ndim=1, dtypes=_FLOATS, shape_doc="(dim,)", optional=True)
+    _common.check_shape("delta_bias", delta_bias, (dim,), shape_doc="(dim,)")
+    _common.check_same_device(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
+    for name, t in (("A", A), ("D", D), ("delta_bias", delta_bias)):
+        _check_finite(name, t)
+
+    backend = _common.resolve_backend(op, backend, u.device, cpu_dtype_ok=True, cuda_extension=None)
+    if backend == "cuda":
+        raise NotImplementedError(f"{op}: backend='cuda' has no kernel yet; use backend='reference' or 'auto'")
+    if backend == "reference":
+        return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+    cd = _compute_dtype(u.dtype)
+    cast = [None if t is None else t.to(cd) for t in (u, delta, A, B, C, D, z, delta_bias)]
+    y, last = SelectiveScanCpuFn.apply(*cast, bool(delta_softplus), bool(return_last_state))
+    y = y.to(u.dtype)
+    if return_last_state:
+        return y, last.to(u.dtype)
+    return y
