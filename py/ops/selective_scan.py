@@ -226,6 +226,14 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         _check_finite(name, t)
 
     backend = _common.resolve_backend(op, backend, u.device, cpu_dtype_ok=True, cuda_extension=None)
+    batch, dim, L = u.shape
+    # FLOPs (py.models.flops convention, spec §6.2): 9·B·L·D·N for the scan, B·D·L per D/z term.
+    flops = lambda: 9 * batch * L * dim * A.shape[1] + batch * dim * L * ((D is not None) + (z is not None))
+    with _common.op_scope("selective_scan", flops):
+        return _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, backend, op)
+
+
+def _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, backend, op):
     if backend == "cuda":
         raise NotImplementedError(f"{op}: backend='cuda' has no kernel yet; use backend='reference' or 'auto'")
     if backend == "reference":

@@ -1,0 +1,49 @@
+"""Parameter and FLOP table of the registered models, next to the published numbers.
+
+    ./bazelw run //py/eval:model_table -- [--models=vmamba_tiny_s1l8,vim_small] [--img_size=224]
+
+FLOPs follow py.models.count_flops (fvcore convention, 1 multiply-add = 1 FLOP, plus each op's own
+formula). Building and running the base models on a CPU takes tens of seconds each.
+"""
+import argparse
+import sys
+
+import torch
+
+import py.models as models
+
+# Published (spec) numbers: exact parameter counts and GFLOPs at 224.
+SPEC = {
+    "vmamba_tiny_s1l8": (30_249_064, 4.906), "vmamba_small_s2l15": (50_147_752, 8.716),
+    "vmamba_base_s2l15": (88_557_800, 15.359), "vim_tiny": (7_148_008, None), "vim_small": (25_796_584, None),
+    "vim_base": (97_598_440, None), "dyvm_vim_tiny": (7_367_086, None), "dyvm_vim_small": (26_594_110, None),
+    "dyvm_vim_base": (100_631_134, None), "pvmamba_tiny": (24_288_328, 4.503), "pvmamba_small": (40_116_348, 7.439),
+    "pvmamba_base": (88_849_900, 16.236),
+}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(SPEC), help="comma-separated model names")
+    parser.add_argument("--img_size", type=int, default=224)
+    parser.add_argument("--no_flops", action="store_true", help="parameters only (fast)")
+    args = parser.parse_args()
+    names = [n for n in args.models.split(",") if n]
+    unknown = [n for n in names if n not in models.list_models()]
+    if unknown:
+        sys.exit(f"error: unknown models {unknown}; known: {models.list_models()}")
+    print("| model | params | spec params | GFLOPs | spec GFLOPs |")
+    print("|---|---:|---:|---:|---:|")
+    for name in names:
+        torch.manual_seed(0)
+        model = models.create_model(name, img_size=args.img_size).eval()
+        params = sum(p.numel() for p in model.parameters())
+        gflops = None if args.no_flops else models.count_flops(model, (3, args.img_size, args.img_size))["total"] / 1e9
+        spec_p, spec_f = SPEC.get(name, (None, None))
+        fmt = lambda v, f: "—" if v is None else f.format(v)
+        print(f"| {name} | {params:,} | {fmt(spec_p, '{:,}')} | {fmt(gflops, '{:.3f}')} | {fmt(spec_f, '{:.3f}')} |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
