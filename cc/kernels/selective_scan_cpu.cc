@@ -55,7 +55,7 @@
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(VSSM_NO_TARGET_CLONES)
 #define VSSM_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define VSSM_CLONES
@@ -124,12 +124,11 @@ struct F8 {
   // exp(x) = 2^k · exp(r), k = round(x·log2 e), r = x − k·ln2 (ln2 in two parts), |r| <= ln2/2,
   // exp(r) = 1 + r + r²·P5(r) (Cephes expf coefficients). Max error ~1 ulp for results above
   // 2^-126; smaller results flush to 0, x >= ~88.73 gives inf, NaN propagates.
+  // kNonPos: the caller guarantees x <= 0 (or NaN), so only the lower clamp is needed.
+  template <bool kNonPos = false>
   static VSSM_INLINE R exp(R x) {
-#ifdef EXP_CHEAP
-    return x * x;
-#endif
     R xc = x < -87.5f ? splat(-87.5f) : x;
-    xc = xc > 89.0f ? splat(89.0f) : xc;
+    if constexpr (!kNonPos) xc = xc > 89.0f ? splat(89.0f) : xc;
     R kf = xc * 1.44269504088896341f + 12582912.0f;  // + 1.5·2^23: round to nearest integer
     kf -= 12582912.0f;
     R r = xc - kf * 0.693359375f;
@@ -154,15 +153,12 @@ struct F8 {
     b |= static_cast<int32_t>(0x80000000u);
     R nx;
     std::memcpy(&nx, &b, sizeof nx);
-    return exp(nx);
+    return exp<true>(nx);
   }
   // log(1 + e^x) = max(x,0) + log1p(w), w = e^−|x| ∈ (0,1]; log1p(w) = 2·atanh(s) with
   // s = w/(2+w) ∈ (0,1/3], atanh(s)/s = 1 + z·Q(z), z = s², Q a degree-3 fit on [0, 1/9]
   // (relative error < 1e-8). Identity above 20, like torch's softplus threshold.
   static VSSM_INLINE R softplus_w(R x, R w) {
-#ifdef SP_CHEAP
-    return x + w;
-#endif
     const R s = w / (2.0f + w);
     const R z = s * s;
     const R z2 = z * z;
@@ -173,12 +169,7 @@ struct F8 {
     return x > 20.0f ? x : res;
   }
   // σ(x) = (x >= 0 ? 1 : w) / (1 + w), w = e^−|x|: no overflow, full relative accuracy.
-  static VSSM_INLINE R sigmoid_w(R x, R w) {
-#ifdef SP_CHEAP
-    return x * w;
-#endif
-    return (x >= 0.0f ? splat(1.0f) : w) / (1.0f + w);
-  }
+  static VSSM_INLINE R sigmoid_w(R x, R w) { return (x >= 0.0f ? splat(1.0f) : w) / (1.0f + w); }
   static VSSM_INLINE R softplus(R x) { return softplus_w(x, exp_neg_abs(x)); }
   static VSSM_INLINE R sigmoid(R x) { return sigmoid_w(x, exp_neg_abs(x)); }
   static VSSM_INLINE R softplus_sigmoid(R x, R* sig) {
@@ -269,7 +260,7 @@ inline i64 rows_per_tile(i64 N) { return N >= 8 ? 1 : 8 / gcd64(N, 8); }
 // Time block: small enough that a tile's buffers stay in L1/L2; a multiple of 16.
 inline i64 chunk_len(i64 N) {
   const i64 chains = rows_per_tile(N) * N;
-  i64 t = 1024 / std::max<i64>(1, chains);
+  i64 t = 4096 / std::max<i64>(1, chains);
   t = std::min<i64>(512, std::max<i64>(32, t));
   return t / 16 * 16;
 }
@@ -294,6 +285,23 @@ VSSM_INLINE void delta_pass(i64 len, const typename P::T* __restrict dl, const t
                             typename P::T* __restrict dtu, typename P::T* __restrict sig) {
   using R = typename P::R;
   const R vb = P::splat(bias);
+  if constexpr (P::W > 1) {
+    if (softplus) {
+      // Two loops: e^−|raw| first (into dt), then the rest. Each loop's dependency chain is half
+      // as long, so twice as many iterations overlap (measured ~20% faster than one loop).
+      for (i64 t = 0; t < len; t += P::W) P::store(dt + t, P::exp_neg_abs(P::loadn(dl + t, len - t) + vb));
+      for (i64 t = 0; t < len; t += P::W) {
+        const i64 n = len - t;
+        const R raw = P::loadn(dl + t, n) + vb;
+        const R w = P::load(dt + t);
+        const R v = P::softplus_w(raw, w);
+        if (sig) P::store(sig + t, P::sigmoid_w(raw, w));
+        P::store(dt + t, v);
+        P::store(dtu + t, v * P::loadn(u + t, n));
+      }
+      return;
+    }
+  }
   if (softplus && sig) {
     for (i64 t = 0; t < len; t += P::W) {
       const i64 n = len - t;
@@ -320,12 +328,22 @@ VSSM_INLINE void delta_pass(i64 len, const typename P::T* __restrict dl, const t
   }
 }
 
-// a = exp(δ·A_n), hb[1+t] = δu·B_n for one chain.
+// a = exp(δ·A_n), hb[1+t] = δu·B_n for one chain. nonpos: δ >= 0 (softplus) and A_n <= 0, so
+// δ·A_n <= 0 and the vector exp can skip its overflow clamp.
 template <typename P>
 VSSM_INLINE void discretize_pass(i64 len, const typename P::T* __restrict dt,
                                  const typename P::T* __restrict dtu, typename P::T An,
                                  const typename P::T* __restrict Bn, typename P::T* __restrict a,
-                                 typename P::T* __restrict hb1) {
+                                 typename P::T* __restrict hb1, bool nonpos) {
+  if constexpr (P::W > 1) {
+    if (nonpos) {
+      for (i64 t = 0; t < len; t += P::W) {
+        P::store(a + t, P::template exp<true>(P::load(dt + t) * An));
+        P::store(hb1 + t, P::load(dtu + t) * P::loadn(Bn + t, len - t));
+      }
+      return;
+    }
+  }
   for (i64 t = 0; t < len; t += P::W) {
     P::store(a + t, P::exp(P::load(dt + t) * An));
     P::store(hb1 + t, P::load(dtu + t) * P::loadn(Bn + t, len - t));
@@ -351,91 +369,94 @@ VSSM_INLINE void output_pass(i64 len, i64 N, const typename P::T* __restrict u, 
   }
 }
 
-// Backward, per row: dy (through the z gate) into dyb, dz, du = D·dy, dd = 0; returns Σ dy·u.
+// Backward with a z gate, per row: dy = dout·silu(z) into dyb and dz = dout·y·silu'(z), with
+// y = D·u + Σ_n C_n·h_n recomputed (h1 = hb + 1 of the row's chain 0).
 template <typename P>
-VSSM_INLINE typename P::T dy_pass(i64 len, i64 N, const typename P::T* __restrict u,
-                                  typename P::T Dd, const typename P::T* __restrict C0, i64 C_sn,
-                                  const typename P::T* __restrict h1, i64 ldh,
-                                  const typename P::T* __restrict z,
-                                  const typename P::T* __restrict dout, typename P::T* __restrict dz,
-                                  typename P::T* __restrict dyb, typename P::T* __restrict du,
-                                  typename P::T* __restrict dd) {
+VSSM_INLINE void gate_pass(i64 len, i64 N, const typename P::T* __restrict u, typename P::T Dd,
+                           const typename P::T* __restrict C0, i64 C_sn, const typename P::T* __restrict h1,
+                           i64 ldh, const typename P::T* __restrict z, const typename P::T* __restrict dout,
+                           typename P::T* __restrict dz, typename P::T* __restrict dyb) {
   using R = typename P::R;
-  R acc = P::splat(0);
   for (i64 t = 0; t < len; t += P::W) {
-    const i64 n = len - t;
-    const R uu = P::loadn(u + t, n);
-    R dy = P::loadn(dout + t, n);
-    if (z) {
-      R yv = Dd * uu;
-      for (i64 s = 0; s < N; ++s) yv += P::loadn(C0 + s * C_sn + t, n) * P::load(h1 + s * ldh + t);
-      const R zz = P::loadn(z + t, n);
-      const R sg = P::sigmoid(zz);
-      P::storen(dz + t, dy * yv * sg * (1.0f + zz * (1.0f - sg)), n);
-      dy = dy * zz * sg;
-    }
-    P::store(dyb + t, dy);
-    acc += dy * uu;
-    P::store(du + t, Dd * dy);
-    P::store(dd + t, P::splat(0));
+    const i64 m = len - t;
+    R yv = Dd * P::loadn(u + t, m);
+    for (i64 n = 0; n < N; ++n) yv += P::loadn(C0 + n * C_sn + t, m) * P::load(h1 + n * ldh + t);
+    const R zz = P::loadn(z + t, m);
+    const R sg = P::sigmoid(zz);
+    const R d = P::loadn(dout + t, m);
+    P::storen(dz + t, d * yv * sg * (1.0f + zz * (1.0f - sg)), m);
+    P::store(dyb + t, d * zz * sg);
   }
-  return P::hsum(acc);
 }
 
-// Backward, per chain: dC += dy·h; gb = C·dy (the reverse scan's input).
+// Backward, per chain: dC += dy·h; gb = C·dy (the reverse scan's input). dy: dout or dyb.
 template <typename P>
-VSSM_INLINE void dc_pass(i64 len, const typename P::T* __restrict dyb, const typename P::T* __restrict h1,
+VSSM_INLINE void dc_pass(i64 len, const typename P::T* __restrict dy, const typename P::T* __restrict h1,
                          const typename P::T* __restrict Cn, typename P::T* __restrict dC,
                          typename P::T* __restrict gb) {
   using R = typename P::R;
   for (i64 t = 0; t < len; t += P::W) {
-    const i64 n = len - t;
-    const R dy = P::load(dyb + t);
-    P::storen(dC + t, P::loadn(dC + t, n) + dy * P::load(h1 + t), n);
-    P::store(gb + t, P::loadn(Cn + t, n) * dy);
+    const i64 m = len - t;
+    const R dyv = P::loadn(dy + t, m);
+    P::storen(dC + t, P::loadn(dC + t, m) + dyv * P::load(h1 + t), m);
+    P::store(gb + t, P::loadn(Cn + t, m) * dyv);
   }
 }
 
-// Backward, per chain, given g: dB += g·δu; du += g·δ·B; dd += g·(B·u + A·a·h_{t−1});
-// returns Σ g·δ·a·h_{t−1} (this block's dA).
-template <typename P>
-VSSM_INLINE typename P::T grad_pass(i64 len, typename P::T An, const typename P::T* __restrict g,
-                                    const typename P::T* __restrict a, const typename P::T* __restrict h0,
-                                    const typename P::T* __restrict dt, const typename P::T* __restrict dtu,
-                                    const typename P::T* __restrict u, const typename P::T* __restrict Bn,
-                                    typename P::T* __restrict dB, typename P::T* __restrict du,
-                                    typename P::T* __restrict dd) {
+// Sums accumulated in grad_pass.
+template <typename T>
+struct GradSums {
+  T dA = 0, dD = 0, dbias = 0;
+};
+
+// Backward, per chain c = (r, n), given g: dB += g·δu, and the row's
+//   du = D·dy + Σ_n g·δ·B_n,   dδ = Σ_n g·(B_n·u + A_n·exp(δA_n)·h_{t−1})
+// accumulated over its chains: the first chain (kFirst) starts them (and adds dy·u to dD), the
+// last (kLast) writes du and ddelta = dδ·σ(raw) (softplus) or dδ to the outputs and adds ddelta
+// to dbias; in between they live in duacc/ddacc. dA += g·δ·exp(δA)·h_{t−1}.
+template <typename P, bool kFirst, bool kLast>
+VSSM_INLINE void grad_pass(i64 len, typename P::T An, typename P::T Dd, const typename P::T* __restrict g,
+                           const typename P::T* __restrict a, const typename P::T* __restrict h0,
+                           const typename P::T* __restrict dt, const typename P::T* __restrict dtu,
+                           const typename P::T* __restrict u, const typename P::T* __restrict Bn,
+                           const typename P::T* __restrict dy, const typename P::T* __restrict sig,
+                           typename P::T* __restrict dB, typename P::T* __restrict duacc,
+                           typename P::T* __restrict ddacc, typename P::T* __restrict duo,
+                           typename P::T* __restrict ddo, GradSums<typename P::T>& sums) {
   using R = typename P::R;
-  R acc = P::splat(0);
+  R accA = P::splat(0), accD = P::splat(0), accB = P::splat(0);
   for (i64 t = 0; t < len; t += P::W) {
-    const i64 n = len - t;
+    const i64 m = len - t;
     const R gt = P::load(g + t);
     const R ah = P::load(a + t) * P::load(h0 + t);  // exp(δA)·h_{t−1}
-    const R dtv = P::load(dt + t);
-    const R Bv = P::loadn(Bn + t, n);
-    P::storen(dB + t, P::loadn(dB + t, n) + gt * P::load(dtu + t), n);
-    P::store(du + t, P::load(du + t) + gt * dtv * Bv);
-    P::store(dd + t, P::load(dd + t) + gt * (Bv * P::loadn(u + t, n) + An * ah));
-    acc += gt * dtv * ah;
+    const R gd = gt * P::load(dt + t);
+    const R Bv = P::loadn(Bn + t, m);
+    const R uu = P::loadn(u + t, m);
+    P::storen(dB + t, P::loadn(dB + t, m) + gt * P::load(dtu + t), m);
+    accA += gd * ah;
+    R du = gd * Bv;
+    R dd = gt * (Bv * uu + An * ah);
+    if constexpr (kFirst) {
+      const R dyv = P::loadn(dy + t, m);
+      accD += dyv * uu;
+      du += Dd * dyv;
+    } else {
+      du += P::load(duacc + t);
+      dd += P::load(ddacc + t);
+    }
+    if constexpr (kLast) {
+      if (sig) dd *= P::load(sig + t);
+      P::storen(ddo + t, dd, m);
+      P::storen(duo + t, du, m);
+      accB += dd;
+    } else {
+      P::store(duacc + t, du);
+      P::store(ddacc + t, dd);
+    }
   }
-  return P::hsum(acc);
-}
-
-// Backward, per row: ddelta = dd·σ(raw) (softplus) or dd; du out; returns Σ ddelta.
-template <typename P>
-VSSM_INLINE typename P::T final_pass(i64 len, const typename P::T* __restrict dd,
-                                     const typename P::T* __restrict sig, const typename P::T* __restrict du,
-                                     typename P::T* __restrict ddo, typename P::T* __restrict duo) {
-  using R = typename P::R;
-  R acc = P::splat(0);
-  for (i64 t = 0; t < len; t += P::W) {
-    const i64 n = len - t;
-    const R v = sig ? P::load(dd + t) * P::load(sig + t) : P::load(dd + t);
-    P::storen(ddo + t, v, n);
-    P::storen(duo + t, P::load(du + t), n);
-    acc += v;
-  }
-  return P::hsum(acc);
+  sums.dA += P::hsum(accA);
+  if constexpr (kFirst) sums.dD += P::hsum(accD);
+  if constexpr (kLast) sums.dbias += P::hsum(accB);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -535,9 +556,6 @@ template <typename P>
 VSSM_INLINE void scan_forward(i64 K, i64 len, const typename P::T* __restrict a, i64 lda,
                               typename P::T* __restrict hb, i64 ldh) {
   i64 c0 = 0;
-#ifdef NO_SCAN
-  return;
-#endif
   if constexpr (P::W == 8) {
     using R = typename P::R;
     const i64 len8 = len / 8 * 8;
@@ -597,9 +615,6 @@ template <typename P>
 VSSM_INLINE void scan_reverse(i64 K, i64 len, const typename P::T* __restrict a, i64 lda,
                               typename P::T* __restrict gb, i64 ldg, typename P::T* __restrict carry) {
   i64 c0 = 0;
-#ifdef NO_SCAN
-  return;
-#endif
   if constexpr (P::W == 8) {
     using R = typename P::R;
     const i64 len8 = len / 8 * 8;
@@ -698,7 +713,7 @@ VSSM_INLINE void forward_tile(const Args<typename P::T>& p, i64 b, i64 d0, i64 n
         const i64 c = r * N + n;
         hb[c * ldh] = h[c];
         discretize_pass<P>(len, dt + r * ldr, dtu + r * ldr, Ak[c], p.Brow(b, g, n) + t0, a + c * lda,
-                           hb + c * ldh + 1);
+                           hb + c * ldh + 1, p.softplus && Ak[c] <= T(0));
       }
     }
     scan_forward<P>(K, len, a, lda, hb, ldh);
@@ -766,40 +781,49 @@ VSSM_INLINE void backward_tile(const Args<typename P::T>& p, i64 b, i64 d0, i64 
         const i64 c = r * N + n;
         hb[c * ldh] = ck ? ck[n] : T(0);
         discretize_pass<P>(len, dt + r * ldr, dtu + r * ldr, Ak[c], p.Brow(b, g, n) + t0, a + c * lda,
-                           hb + c * ldh + 1);
+                           hb + c * ldh + 1, p.softplus && Ak[c] <= T(0));
       }
     }
     scan_forward<P>(K, len, a, lda, hb, ldh);
-    // dy, dz, dD; du starts as D·dy; then dC and the reverse-scan input C·dy.
+    // dy (through the z gate, into dyb) and dz; dC and the reverse-scan input C·dy.
     for (i64 r = 0; r < nr; ++r) {
       const i64 d = d0 + r;
-      dDacc[r] += dy_pass<P>(len, N, p.urow(b, d) + t0, p.Dval(d), p.Crow(b, g, 0) + t0, p.C_sn,
-                             hb + (r * N) * ldh + 1, ldh, p.z ? p.zrow(b, d) + t0 : nullptr,
-                             p.dout + b * p.do_sb + d * p.do_sd + t0,
-                             p.dz ? p.dz + (b * p.dim + d) * L + t0 : nullptr, dyb + r * ldr,
-                             duacc + r * ldr, ddacc + r * ldr);
+      const T* dout = p.dout + b * p.do_sb + d * p.do_sd + t0;
+      const T* dy = dout;
+      if (p.z) {
+        gate_pass<P>(len, N, p.urow(b, d) + t0, p.Dval(d), p.Crow(b, g, 0) + t0, p.C_sn, hb + (r * N) * ldh + 1,
+                     ldh, p.zrow(b, d) + t0, dout, p.dz + (b * p.dim + d) * L + t0, dyb + r * ldr);
+        dy = dyb + r * ldr;
+      }
       for (i64 n = 0; n < N; ++n) {
         const i64 c = r * N + n;
-        dc_pass<P>(len, dyb + r * ldr, hb + c * ldh + 1, p.Crow(b, g, n) + t0, dCp + n * L + t0, gb + c * lda);
+        dc_pass<P>(len, dy, hb + c * ldh + 1, p.Crow(b, g, n) + t0, dCp + n * L + t0, gb + c * lda);
       }
     }
     // g over the block, backwards; carry = exp(δ_{t0}A)·g_{t0} goes to the previous block.
     scan_reverse<P>(K, len, a, lda, gb, lda, carry);
-    // dB, du, dδ, dA.
+    // dB, du, ddelta, dA, dD, dbias.
     for (i64 r = 0; r < nr; ++r) {
-      const i64 d = d0 + r;
+      const i64 d = d0 + r, row = b * p.dim + d;
+      const T* dy = p.z ? dyb + r * ldr : p.dout + b * p.do_sb + d * p.do_sd + t0;
+      const T* sg = p.softplus ? sig + r * ldr : nullptr;
       for (i64 n = 0; n < N; ++n) {
         const i64 c = r * N + n;
-        dAacc[c] += grad_pass<P>(len, Ak[c], gb + c * lda, a + c * lda, hb + c * ldh, dt + r * ldr,
-                                 dtu + r * ldr, p.urow(b, d) + t0, p.Brow(b, g, n) + t0, dBp + n * L + t0,
-                                 duacc + r * ldr, ddacc + r * ldr);
+        GradSums<T> sums;
+#define VSSM_GRAD(FIRST, LAST)                                                                       \
+  grad_pass<P, FIRST, LAST>(len, Ak[c], p.Dval(d), gb + c * lda, a + c * lda, hb + c * ldh, dt + r * ldr, \
+                            dtu + r * ldr, p.urow(b, d) + t0, p.Brow(b, g, n) + t0, dy, sg,              \
+                            dBp + n * L + t0, duacc + r * ldr, ddacc + r * ldr, p.du + row * L + t0,     \
+                            p.ddelta + row * L + t0, sums)
+        if (n == 0 && n == N - 1) VSSM_GRAD(true, true);
+        else if (n == 0) VSSM_GRAD(true, false);
+        else if (n == N - 1) VSSM_GRAD(false, true);
+        else VSSM_GRAD(false, false);
+#undef VSSM_GRAD
+        dAacc[c] += sums.dA;
+        dDacc[r] += sums.dD;
+        dbacc[r] += sums.dbias;
       }
-    }
-    // Through the softplus; write du, ddelta; dbias.
-    for (i64 r = 0; r < nr; ++r) {
-      const i64 row = b * p.dim + d0 + r;
-      dbacc[r] += final_pass<P>(len, ddacc + r * ldr, p.softplus ? sig + r * ldr : nullptr, duacc + r * ldr,
-                                p.ddelta + row * L + t0, p.du + row * L + t0);
     }
   }
   for (i64 r = 0; r < nr; ++r) {
@@ -916,7 +940,8 @@ Args<T> make_args(const Dims& dm, bool softplus, i64 chunk, Ptr u, const Strides
   check_strides("A", As, 2);
   check_strides("B", Bs, 3);
   check_strides("C", Cs, 3);
-  VSSM_CHECK(u && delta && A && B && C, "u, delta, A, B, C must be non-null");
+  VSSM_CHECK((u && delta && A && B && C) || dm.batch * dm.dim * dm.L == 0,
+             "u, delta, A, B, C must be non-null");
   Args<T> p;
   p.batch = dm.batch;
   p.dim = dm.dim;
@@ -975,7 +1000,8 @@ void run_backward(Args<T>& p, Ptr dout, const Strides& dos, Ptr ckpt, Ptr du, Pt
   check_strides("dout", dos, 2);
   VSSM_CHECK(slices >= 1 && slices <= std::max<i64>(1, p.cpg()), "slices must be in [1, dim/groups], got ",
              slices);
-  VSSM_CHECK(dout && du && ddelta && dA_part && dB_part && dC_part, "gradient buffers must be non-null");
+  VSSM_CHECK((dout && du && ddelta && dA_part && dB_part && dC_part) || p.batch * p.dim * p.L == 0,
+             "gradient buffers must be non-null");
   VSSM_CHECK(!p.z || dz, "dz must be non-null when z is given");
   VSSM_CHECK(ckpt || p.nblk() <= 1, "checkpoints are required when L > chunk");
   p.dout = reinterpret_cast<const T*>(dout);

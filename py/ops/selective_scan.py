@@ -103,14 +103,15 @@ class SelectiveScanCpuFn(torch.autograd.Function):
     z, B, C have unit stride on their last (time) axis. Returns (y, last_state or None)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, save=True):
         mod = _native.require(_EXT)
         u, delta, B, C, z = (_lastdim_contig(t) for t in (u, delta, B, C, z))
         batch, dim, L = u.shape
         N = A.shape[1]
         chunk = mod.chunk_len(N)
         nblk = -(-L // chunk)
-        needs_grad = any(ctx.needs_input_grad[:8])
+        # needs_input_grad stays True under torch.no_grad(); the caller says whether a graph is built.
+        needs_grad = bool(save) and any(ctx.needs_input_grad[:8])
         y = torch.empty(batch, dim, L, dtype=u.dtype)
         last = torch.empty(batch, dim, N, dtype=u.dtype) if return_last_state else None
         ckpt = torch.empty(batch, dim, nblk, N, dtype=u.dtype) if needs_grad and nblk > 1 else None
@@ -152,7 +153,7 @@ class SelectiveScanCpuFn(torch.autograd.Function):
         dC = dC_part[0] if slices == 1 else dC_part.sum(0)
         dD = dD_part.sum(0) if dD_part is not None else None
         dbias = dbias_part.sum(0) if dbias_part is not None else None
-        return du, ddelta, dA, dB, dC, dD, dz, dbias, None, None
+        return du, ddelta, dA, dB, dC, dD, dz, dbias, None, None, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,8 +241,10 @@ def _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_
         return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
     cd = _compute_dtype(u.dtype)
-    cast = [None if t is None else t.to(cd) for t in (u, delta, A, B, C, D, z, delta_bias)]
-    y, last = SelectiveScanCpuFn.apply(*cast, bool(delta_softplus), bool(return_last_state))
+    tensors = (u, delta, A, B, C, D, z, delta_bias)
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    cast = [None if t is None else t.to(cd) for t in tensors]
+    y, last = SelectiveScanCpuFn.apply(*cast, bool(delta_softplus), bool(return_last_state), save)
     y = y.to(u.dtype)
     if return_last_state:
         return y, last.to(u.dtype)
