@@ -36,7 +36,7 @@ from py.models.registry import imagenet_cfg, register_model
 from py.models.vim import VIM_CFGS, VIM_DEFAULTS, BiMamba, Block, VisionMamba
 
 __all__ = ["DyVM", "DyVMLoss", "DyVMOutput", "DynamicBiMamba", "PredictorLG", "gumbel_sigmoid",
-           "DYVM_CFGS", "dyvm_vim_tiny", "dyvm_vim_small", "dyvm_vim_base"]
+           "DYVM_CFGS", "dyvm_vim_tiny", "dyvm_vim_small", "dyvm_vim_base", "dyvm_vim_mnist"]
 
 # ----------------------------------------------------------------------------------------------
 # Configurations (spec 3.1, 4.3, 6.2): Vim backbone + ρ (token keep ratio per stage) and β.
@@ -46,6 +46,8 @@ DYVM_CFGS = {
     "dyvm_vim_tiny": dict(VIM_CFGS["vim_tiny"], keep_ratio=0.9, block_ratio=0.8),
     "dyvm_vim_small": dict(VIM_CFGS["vim_small"], keep_ratio=0.7, block_ratio=0.8),
     "dyvm_vim_base": dict(VIM_CFGS["vim_base"], keep_ratio=0.7, block_ratio=0.7),
+    # Not published: DyVM on vim_mnist (6 layers, 7×7 patches), pruning before layers 2 and 4.
+    "dyvm_vim_mnist": dict(VIM_CFGS["vim_mnist"], keep_ratio=0.7, block_ratio=0.8, pruning_loc=(2, 4)),
 }
 
 
@@ -503,3 +505,11 @@ def dyvm_vim_small(num_classes=1000, img_size=224, **overrides):
 def dyvm_vim_base(num_classes=1000, img_size=224, **overrides):
     """DyVM on Vim-B (ρ 0.7, β 0.7): 100,631,134 params."""
     return _create_dyvm("dyvm_vim_base", num_classes, img_size, **overrides)
+
+
+@register_model(imagenet_cfg(input_size=(1, 28, 28), mean=(0.1307,), std=(0.3081,), crop_pct=1.0,
+                             interpolation="bilinear", num_classes=10, first_conv="patch_embed.proj"))
+def dyvm_vim_mnist(num_classes=10, img_size=28, **overrides):
+    """DyVM on vim_mnist (ρ 0.7, β 0.8, pruning before layers 2 and 4: 49 → 34 → 24 patches); fine-tune
+    it from a vim_mnist run with that run as the teacher (py/training/configs/dyvm_vim_mnist.yaml)."""
+    return _create_dyvm("dyvm_vim_mnist", num_classes, img_size, **overrides)

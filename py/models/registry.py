@@ -60,20 +60,26 @@ def list_models(pattern="*"):
     return sorted(n for n in _BUILDERS if fnmatch.fnmatch(n, pattern))
 
 
-def create_model(name, pretrained=None, num_classes=1000, img_size=224, **overrides):
+def create_model(name, pretrained=None, num_classes=None, img_size=None, **overrides):
     """Builds a registered model.
 
     pretrained: None/False, or a path to a checkpoint (.safetensors, or a torch file holding a state
         dict, optionally under a "model"/"state_dict" key) whose keys match this model exactly.
-    num_classes: classifier outputs (0 for a headless feature extractor).
-    img_size: input resolution (int or (H, W)); must fit the model's patch grid.
+    num_classes: classifier outputs (0 for a headless feature extractor); default: the model's own
+        (1000 for the ImageNet models, 10 for the *_mnist ones).
+    img_size: input resolution (int or (H, W)); must fit the model's patch grid. Default: the model's
+        own (224, or 28 for the *_mnist ones).
     overrides: config values of the family (e.g. drop_path_rate, features_only, out_indices).
     """
     if name not in _BUILDERS:
         close = [n for n in _BUILDERS if name.split("_")[0] in n][:8]
         raise ValueError(f"unknown model {name!r}; known: {close or list_models()}")
-    model = _BUILDERS[name](num_classes=num_classes, img_size=img_size, **overrides)
     cfg = dict(_DEFAULT_CFGS[name])
+    if num_classes is None:
+        num_classes = cfg["num_classes"]
+    if img_size is None:
+        img_size = tuple(cfg["input_size"][1:])
+    model = _BUILDERS[name](num_classes=num_classes, img_size=img_size, **overrides)
     size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     cfg.update(input_size=(cfg["input_size"][0],) + size, num_classes=num_classes)
     model.default_cfg = cfg
@@ -97,6 +103,8 @@ def load_checkpoint(model, path):
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]
                 break
+    from py.models import interop  # lazy: interop imports the model families
+    state = interop.to_ours(model, state)  # official checkpoints: renames, reshapes, "module." prefixes
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise KeyError(f"checkpoint {path} does not match {type(model).__name__}: "

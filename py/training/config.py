@@ -52,6 +52,7 @@ flags.DEFINE_integer("threads", 0, "CPU threads for torch (0: torch's default)")
 
 # DyVM fine-tuning.
 flags.DEFINE_string("teacher_model", None, "DyVM: teacher model name (e.g. vim_small)")
+flags.DEFINE_string("teacher_model_kwargs", "{}", "DyVM: JSON dict of teacher config overrides (as --model_kwargs)")
 flags.DEFINE_string("teacher_checkpoint", None, "DyVM: teacher weights (.safetensors or torch file)")
 flags.DEFINE_string("finetune", None, "initialise the model from these weights (student init for DyVM)")
 
@@ -101,7 +102,7 @@ def apply_config_file():
             raise ConfigError(f"--config {path}: unknown flag {key!r}")
         if FLAGS[key].present:
             continue
-        if key == "model_kwargs" and isinstance(value, dict):
+        if key in ("model_kwargs", "teacher_model_kwargs") and isinstance(value, dict):
             value = json.dumps(value)
         try:
             setattr(FLAGS, key, value)
@@ -109,18 +110,24 @@ def apply_config_file():
             raise ConfigError(f"--config {path}: bad value for {key}: {exc}")
 
 
+def _json_dict(name):
+    try:
+        value = json.loads(getattr(FLAGS, name))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--{name} is not valid JSON: {exc}")
+    if not isinstance(value, dict):
+        raise ConfigError(f"--{name} must be a JSON object")
+    return value
+
+
 def resolve():
     """The run's configuration as a dict (written to <output>/config.json)."""
     apply_config_file()
-    try:
-        model_kwargs = json.loads(FLAGS.model_kwargs)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--model_kwargs is not valid JSON: {exc}")
-    if not isinstance(model_kwargs, dict):
-        raise ConfigError("--model_kwargs must be a JSON object")
+    model_kwargs = _json_dict("model_kwargs")
+    teacher_model_kwargs = _json_dict("teacher_model_kwargs")
     mnist = not FLAGS.data_path
     cfg = {flag.name: flag.value for flag in FLAGS.get_flags_for_module(sys.modules[__name__])}
-    cfg.update(model_kwargs=model_kwargs, dataset="mnist5k" if mnist else "imagefolder",
+    cfg.update(model_kwargs=model_kwargs, teacher_model_kwargs=teacher_model_kwargs, dataset="mnist5k" if mnist else "imagefolder",
                img_size=FLAGS.img_size or (28 if mnist else 224),
                in_chans=FLAGS.in_chans or (1 if mnist else 3))
     if FLAGS.data_path:
@@ -130,6 +137,8 @@ def resolve():
             cfg[name] = str(caller_path(cfg[name]))
             if not pathlib.Path(cfg[name]).exists():
                 raise ConfigError(f"--{name} {cfg[name]} does not exist")
+    if cfg["teacher_model"] and not cfg["teacher_checkpoint"]:
+        raise ConfigError("--teacher_model needs --teacher_checkpoint (a randomly initialised teacher teaches nothing)")
     for name in ("epochs", "batch_size", "accum_steps"):
         if cfg[name] <= 0:
             raise ConfigError(f"--{name} must be > 0, got {cfg[name]}")

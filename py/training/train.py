@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from absl import app
 
+from py.ops import cpu_allocator
 from py.training import checkpoint, config, data, engine, optim
 
 log = logging.getLogger("visionssm.train")
@@ -121,9 +122,17 @@ class Trainer:
         self.loss_module = None
         self.teacher = None
         if cfg["teacher_model"]:
-            self.teacher = models.create_model(cfg["teacher_model"], num_classes=self.num_classes,
-                                               img_size=cfg["img_size"],
-                                               pretrained=cfg["teacher_checkpoint"]).to(self.device).eval()
+            tkwargs = dict(cfg["teacher_model_kwargs"])
+            if cfg["in_chans"] != 3:
+                tkwargs.setdefault("in_chans", cfg["in_chans"])
+            try:
+                self.teacher = models.create_model(cfg["teacher_model"], num_classes=self.num_classes,
+                                                   img_size=cfg["img_size"], **tkwargs)
+            except (ValueError, TypeError) as exc:
+                raise config.ConfigError(f"cannot build --teacher_model={cfg['teacher_model']} with {tkwargs}: {exc}")
+            if cfg["teacher_checkpoint"]:
+                models.load_checkpoint(self.teacher, cfg["teacher_checkpoint"])
+            self.teacher = self.teacher.to(self.device).eval()
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
         if hasattr(self.unwrapped, "build_loss"):  # DyVM: its loss needs the model's decisions
@@ -306,8 +315,11 @@ class Trainer:
         if self.ema is not None:
             row["val_top1_ema"], row["val_top5_ema"], _, _ = engine.evaluate(
                 self.ema.module, self.val_loader, self.device, cfg["amp"], self.num_classes)
-        if hasattr(self.unwrapped, "keep_ratio_report"):  # DyVM: achieved keep ratios
+        if hasattr(self.unwrapped, "keep_ratio_report"):  # DyVM: achieved keep ratios and cost
             row.update(self.unwrapped.keep_ratio_report())
+            if self.is_main:
+                row["gflops_per_image"] = self._inference_gflops()
+                self.unwrapped.keep_ratio_report()  # drop the counting forward's gates from next epoch's ratio
         if self.is_main:
             checkpoint.append_line(out / "metrics.jsonl", json.dumps(row))
             if writer is not None:
@@ -315,10 +327,21 @@ class Trainer:
                     if isinstance(v, (int, float)) and k != "epoch":
                         writer.add_scalar(k, v, epoch + 1)
                 writer.flush()
+            dyvm = "".join(f", {label} {row[key]:.3g}" for key, label in (
+                ("token_keep_ratio", "tokens kept"), ("block_keep_ratio", "blocks kept"),
+                ("gflops_per_image", "GFLOPs/image")) if key in row)
             print(f"[train] epoch {epoch + 1}/{cfg['epochs']}: train loss {row['train_loss']:.4f}, val top-1 "
                   f"{top1:.2f}%, top-5 {top5:.2f}%, {row['img_per_s']:.0f} img/s, "
-                  f"{engine.seconds_to_text(running['seconds'])}", file=sys.stderr)
+                  f"{engine.seconds_to_text(running['seconds'])}{dyvm}", file=sys.stderr)
         return row
+
+    def _inference_gflops(self):
+        """Inference GFLOPs per image on a fixed slice of the validation set (DyVM's token pruning and
+        block skipping depend on the image, so its cost is measured on real images, not a random one)."""
+        from py.models import count_flops
+        n = min(16, len(self.val_set))
+        images = torch.stack([self.val_set[i][0] for i in range(n)]).to(self.device)
+        return count_flops(self.unwrapped, inputs=images)["total"] / n / 1e9
 
     def _on_signal(self, signum, frame):
         if self.stop_signal is not None:  # second signal: give up at once
@@ -333,6 +356,7 @@ def main(argv):
         print(f"error: unexpected arguments {argv[1:]} (flags are --name=value; see --helpfull)", file=sys.stderr)
         sys.exit(2)
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(levelname)s %(message)s")
+    cpu_allocator.keep_freed_memory()  # large CPU tensors reuse freed memory instead of faulting in new pages
     try:
         cfg = config.resolve()
         Trainer(cfg).run()

@@ -137,3 +137,12 @@ def test_backward_sgd_step():
     with torch.no_grad():
         loss1 = F.cross_entropy(model(x), y)
     assert torch.isfinite(loss1) and abs(loss1.item() - loss0.item()) > 1e-4
+
+
+def test_create_model_defaults_come_from_the_model():
+    import torch
+    from py.models import create_model
+    digits = create_model("vim_mnist")  # 28×28, 1 channel, 10 classes without being told
+    assert digits.default_cfg["input_size"] == (1, 28, 28) and digits.num_classes == 10
+    assert digits(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert create_model("vim_tiny", depth=2).default_cfg["input_size"] == (3, 224, 224)

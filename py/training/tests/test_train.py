@@ -149,3 +149,37 @@ def test_non_finite_loss_stops_without_poisoning_latest(tmp_path):
     if latest.exists():
         for tensor in final_weights(out).values():
             assert torch.isfinite(tensor).all()
+
+
+def test_dyvm_finetune_with_teacher_reports_keep_ratios_and_flops(tmp_path):
+    """The DyVM recipe in small: a vim_mnist run, then DyVM fine-tuned from it with it as the teacher."""
+    from py.models import count_flops, create_model
+
+    vim_kwargs = {"embed_dim": 32, "depth": 4}
+    base = ["--batch_size=32", "--limit_train=320", "--threads=1", "--progress=false", "--warmup_epochs=0.5"]
+    teacher_out = tmp_path / "vim"
+    train("--model=vim_mnist", f"--model_kwargs={json.dumps(vim_kwargs)}", *base, "--epochs=3", "--lr=3e-3",
+          f"--output={teacher_out}")
+    weights = teacher_out / "checkpoints" / (teacher_out / "checkpoints" / "latest").read_text().strip() / "model.safetensors"
+
+    dyvm_kwargs = dict(vim_kwargs, pruning_loc=[1, 3], keep_ratio=0.7)
+    out = tmp_path / "dyvm"
+    res = train("--config=py/training/configs/dyvm_vim_mnist.yaml", f"--model_kwargs={json.dumps(dyvm_kwargs)}",
+                f"--teacher_model_kwargs={json.dumps(vim_kwargs)}", f"--finetune={weights}",
+                f"--teacher_checkpoint={weights}", *base, "--epochs=2", f"--output={out}")
+    rows = metrics(out)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"] == "dyvm_vim_mnist" and cfg["teacher_model"] == "vim_mnist"
+    teacher_gflops = count_flops(create_model("vim_mnist", **vim_kwargs), (1, 28, 28))["total"] / 1e9
+    for r in rows:
+        assert abs(r["token_keep_ratio"] - int(0.49 * 49) / 49) < 1e-9  # ρ² of 49 patches at the last stage
+        assert 0.0 <= r["block_keep_ratio"] <= 1.0
+        assert 0 < r["gflops_per_image"] < teacher_gflops  # pruned tokens cost nothing downstream
+    assert rows[-1]["val_top1"] > 20.0  # starts from the teacher's weights, so well above chance
+    assert "tokens kept" in res.stderr and "GFLOPs/image" in res.stderr
+
+
+def test_teacher_without_checkpoint_is_a_clear_error(tmp_path):
+    res = train("--model=dyvm_vim_mnist", "--teacher_model=vim_mnist", f"--output={tmp_path / 'x'}", check=False)
+    assert res.returncode == 2 and "--teacher_checkpoint" in res.stderr
