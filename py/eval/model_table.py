@@ -22,6 +22,17 @@ SPEC = {
 }
 
 
+def params_and_flops(model, flops=True):
+    """(exact parameter count, forward FLOPs of one image at model.default_cfg's input size or None).
+
+    Also used by //py/eval:profile, so both tools count the same way.
+    """
+    params = sum(p.numel() for p in model.parameters())
+    if not flops:
+        return params, None
+    return params, models.count_flops(model, tuple(model.default_cfg["input_size"]))["total"]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(SPEC), help="comma-separated model names")
@@ -37,8 +48,8 @@ def main():
     for name in names:
         torch.manual_seed(0)
         model = models.create_model(name, img_size=args.img_size).eval()
-        params = sum(p.numel() for p in model.parameters())
-        gflops = None if args.no_flops else models.count_flops(model, (3, args.img_size, args.img_size))["total"] / 1e9
+        params, flops = params_and_flops(model, flops=not args.no_flops)
+        gflops = None if flops is None else flops / 1e9
         spec_p, spec_f = SPEC.get(name, (None, None))
         fmt = lambda v, f: "—" if v is None else f.format(v)
         print(f"| {name} | {params:,} | {fmt(spec_p, '{:,}')} | {fmt(gflops, '{:.3f}')} | {fmt(spec_f, '{:.3f}')} |",

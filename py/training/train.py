@@ -106,8 +106,7 @@ class Trainer:
         kwargs = dict(cfg["model_kwargs"])
         if cfg["drop_path"]:
             kwargs["drop_path_rate"] = cfg["drop_path"]
-        if cfg["in_chans"] != 3:
-            kwargs.setdefault("in_chans", cfg["in_chans"])
+        kwargs.setdefault("in_chans", cfg["in_chans"])  # the data decides (vim_mnist on RGB folders: 3)
         try:
             model = models.create_model(cfg["model"], num_classes=self.num_classes, img_size=cfg["img_size"], **kwargs)
         except (ValueError, TypeError) as exc:
@@ -123,8 +122,7 @@ class Trainer:
         self.teacher = None
         if cfg["teacher_model"]:
             tkwargs = dict(cfg["teacher_model_kwargs"])
-            if cfg["in_chans"] != 3:
-                tkwargs.setdefault("in_chans", cfg["in_chans"])
+            tkwargs.setdefault("in_chans", cfg["in_chans"])
             try:
                 self.teacher = models.create_model(cfg["teacher_model"], num_classes=self.num_classes,
                                                    img_size=cfg["img_size"], **tkwargs)
