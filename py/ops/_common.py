@@ -50,6 +50,25 @@ def check_same_device(**tensors):
                              f"got {t.device}")
 
 
+_FORCED = []
+
+
+@contextlib.contextmanager
+def force_backend(backend):
+    """Every op called inside this context runs `backend`, whatever backend its caller passed.
+
+    For graph capture: torch.export cannot trace the native kernels (raw data_ptr calls), so
+    py.eval.export runs the models under force_backend("reference") (plain PyTorch ops).
+    """
+    if backend not in BACKENDS or backend == "auto":
+        raise ValueError(f"force_backend needs one of {BACKENDS[1:]}, got {backend!r}")
+    _FORCED.append(backend)
+    try:
+        yield
+    finally:
+        _FORCED.pop()
+
+
 def resolve_backend(op, backend, device, cpu_dtype_ok=True, cuda_extension=None):
     """Maps backend='auto' to the best available implementation for `device`; checks explicit ones.
 
@@ -57,6 +76,8 @@ def resolve_backend(op, backend, device, cpu_dtype_ok=True, cuda_extension=None)
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if _FORCED:  # force_backend(...) overrides whatever the caller (model) asked for
+        backend = _FORCED[-1]
     if backend == "auto":
         if device.type == "cpu":
             return "cpu" if cpu_dtype_ok else "reference"

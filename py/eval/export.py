@@ -1,0 +1,247 @@
+"""Export a model for CPU inference: torch.export (.pt2) or ONNX.
+
+    ./bazelw run //py/eval:export -- --model=vmamba_tiny_s1l8 [--checkpoint=weights.safetensors] \\
+        --format=torch_export --output=vmamba_tiny.pt2
+    python: torch.export.load("vmamba_tiny.pt2").module()(images)
+
+--checkpoint may be ours or an official one (converted by py.models.interop, checked strictly).
+After exporting, the program is run on a random input and compared with the eager model
+(--check_tol; exit code 1 when it differs more).
+
+Limits:
+  * Batch 1 and the fixed input size of the model (--img_size, channels from the model's config);
+    no dynamic shapes. Eval mode only.
+  * The ops run with backend "reference" (plain PyTorch): the native CPU kernels are called through
+    raw data pointers, which graph capture cannot trace. The reference selective scan (VMamba v05,
+    Vim, DyVM) is a loop over the tokens, so the graph holds one small step per token and grows with
+    the sequence: at 224², vim_tiny and vmamba_tiny_s1l8 each took 6-7 minutes and ~4 GB of RAM to
+    export on a 2-core CPU (pvmamba_tiny: 16 s), and the program runs slower than the eager model
+    with its native kernel. The reference SSD (VMamba m0) and PVMamba are plain tensor ops.
+  * The ops' NaN/inf checks of their parameters branch on tensor values, which graph capture cannot
+    trace; they are switched off while tracing (the parameters are checked once before export).
+  * DyVM: each layer's two SSM branches sit under torch.cond on their gate, so a skipped branch is
+    not computed in the exported program either; token pruning keeps its fixed top-K sizes.
+  * ONNX needs the `onnx` and `onnxscript` packages (torch.onnx's exporter is built on them); without
+    them --format=onnx stops with an error naming the missing package. The ONNX path is otherwise the
+    same traced program; it could not be run here (neither package is installed in this environment).
+"""
+import contextlib
+import importlib
+import importlib.util
+import sys
+import types
+import warnings
+
+import torch
+from absl import flags
+
+from py.eval.convert import UsageError, build_model, caller_path, parse_flags
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("model", None, "registered model name (py.models.list_models())", flag_values=FLAGS)
+flags.DEFINE_string("checkpoint", None, "weights to load: ours or official (.safetensors or torch file); "
+                    "default: the model's random init", flag_values=FLAGS)
+flags.DEFINE_enum("weights", "auto", ["auto", "model", "model_ema", "state_dict"],
+                  "which state dict of a wrapped checkpoint: auto = model_ema if present, else model",
+                  flag_values=FLAGS)
+flags.DEFINE_bool("trust_pickle", False, "read torch checkpoints with full unpickling (trusted files only)",
+                  flag_values=FLAGS)
+flags.DEFINE_enum("format", "torch_export", ["torch_export", "onnx"], "output format", flag_values=FLAGS)
+flags.DEFINE_string("output", None, "output file (.pt2 for torch_export, .onnx for onnx)", flag_values=FLAGS)
+flags.DEFINE_integer("img_size", None, "fixed input resolution of the exported program (default: the "
+                     "model's own, 224 for the ImageNet models)", flag_values=FLAGS)
+flags.DEFINE_integer("num_classes", None, "classifier size, must match the checkpoint (default: the "
+                     "model's own)", flag_values=FLAGS)
+flags.DEFINE_string("model_kwargs", "{}", "JSON dict of model config overrides", flag_values=FLAGS)
+flags.DEFINE_float("check_tol", 1e-4, "max |exported - eager| allowed on a random input (< 0: no check)",
+                   flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "seed of the random init (no --checkpoint) and of the check input",
+                     flag_values=FLAGS)
+
+ONNX_PACKAGES = ("onnx", "onnxscript")
+
+
+class ExportError(Exception):
+    """Export is not possible as asked (e.g. a missing package): exit code 2."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Making the models traceable
+# ----------------------------------------------------------------------------------------------
+def _check_parameters_finite(model):
+    bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise ExportError(f"parameters with NaN/inf cannot be exported: {bad[:10]}")
+
+
+def _ssd_validate_shapes(x, dt, A, B, C, chunk_size, D, z, dt_bias, causal, initial_states):
+    """py.ops.ssd._validate's result (b, L, h, p, g, n) without its checks (they ran eagerly)."""
+    b, L, h, p = x.shape
+    return b, L, h, p, B.shape[2], B.shape[3]
+
+
+@contextlib.contextmanager
+def _without_data_checks():
+    """Turns off the ops' NaN/inf checks, which branch on tensor values (`bool(isfinite(t).all())`).
+
+    Cleaner would be for the ops to skip them under torch.compiler.is_compiling(); until then this
+    patches the two module-level helpers that hold them, and restores them afterwards.
+    """
+    sel = importlib.import_module("py.ops.selective_scan")
+    ssd = importlib.import_module("py.ops.ssd")
+    saved = sel._check_finite, ssd._validate
+    sel._check_finite = lambda name, t: None
+    ssd._validate = _ssd_validate_shapes
+    try:
+        yield
+    finally:
+        sel._check_finite, ssd._validate = saved
+
+
+def _cond_branch(self, xz, on, backward, mask):
+    """DynamicBiMamba._run_subset for export: batch 1, the branch under torch.cond on its gate."""
+    if xz.shape[0] != 1:
+        raise ExportError("DyVM exports with batch 1 only (the branch gates are per image)")
+
+    def run(xz):
+        return self.ssm_branch(xz, backward, mask).to(xz.dtype)
+
+    def skip(xz):
+        return xz.new_zeros(xz.shape[0], self.d_inner, xz.shape[-1])
+
+    return torch.cond(on[0], run, skip, (xz,))
+
+
+@contextlib.contextmanager
+def _static_dyvm_gates(model):
+    """DyVM's inference picks the images whose gate is on (`nonzero`, a data-dependent size), which
+    graph capture cannot trace; at batch 1 the same choice is a torch.cond per branch. DyVM also logs
+    its gates on itself during forward: that bookkeeping is restored so no traced value leaks out."""
+    dyvm = importlib.import_module("py.models.dyvm")
+    mixers = [m for m in model.modules() if isinstance(m, dyvm.DynamicBiMamba)]
+    logs = [(m, {k: getattr(m, k) for k in _DYVM_LOGS}) for m in model.modules() if isinstance(m, dyvm.DyVM)]
+    for m in mixers:
+        m._run_subset = types.MethodType(_cond_branch, m)
+    try:
+        yield
+    finally:
+        for m in mixers:
+            del m._run_subset
+        for m, saved in logs:
+            for k, v in saved.items():
+                setattr(m, k, v)
+
+
+_DYVM_LOGS = ("last_block_policy", "_eval_gate_sum", "_eval_gate_count")
+
+
+@contextlib.contextmanager
+def traceable(model):
+    """Context in which `model` can be traced by torch.export (see the module doc, Limits)."""
+    common = importlib.import_module("py.ops._common")
+    _check_parameters_finite(model)
+    with common.force_backend("reference"), _without_data_checks(), _static_dyvm_gates(model), \
+            warnings.catch_warnings():
+        # DyVM's gate log assigned during tracing is restored afterwards (_static_dyvm_gates)
+        warnings.filterwarnings("ignore", message="The tensor attributes .* were assigned during export")
+        yield
+
+
+# ----------------------------------------------------------------------------------------------
+# Export
+# ----------------------------------------------------------------------------------------------
+def example_input(model, seed=0):
+    """A random batch-1 input of the model's configured size."""
+    size = tuple(model.default_cfg["input_size"]) if hasattr(model, "default_cfg") else (3, 224, 224)
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn((1,) + size, generator=gen)
+
+
+def export_program(model, example):
+    """torch.export.ExportedProgram of model.eval() at the example's (fixed) shape."""
+    model.eval()
+    if example.shape[0] != 1:
+        raise ExportError(f"export is for batch 1, got an example of shape {tuple(example.shape)}")
+    with torch.no_grad():
+        model(example)  # one eager run: the ops validate their arguments (tracing skips the data checks)
+    with traceable(model):
+        return torch.export.export(model, (example,))
+
+
+def missing_onnx_packages():
+    return [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
+
+
+def export_onnx(model, example, path):
+    """Writes an ONNX file through torch.onnx's torch.export-based exporter."""
+    missing = missing_onnx_packages()
+    if missing:
+        raise ExportError(f"--format=onnx needs the Python package(s) {', '.join(missing)} (torch.onnx's exporter "
+                          f"uses onnx and onnxscript), which this environment lacks; install them or use "
+                          f"--format=torch_export")
+    model.eval()
+    with torch.no_grad():
+        model(example)  # as in export_program: argument checks run eagerly once
+    with traceable(model):
+        program = torch.onnx.export(model, (example,), str(path), dynamo=True)
+    return program
+
+
+def max_abs_diff(a, b):
+    return float((a.detach().float() - b.detach().float()).abs().max())
+
+
+def main(argv):
+    code = parse_flags(FLAGS, argv, __doc__)
+    if code is not None:
+        return code
+    try:
+        for name in ("model", "output"):
+            if not FLAGS[name].value:
+                raise UsageError(f"--{name} is required (see --help)")
+        torch.manual_seed(FLAGS.seed)
+        model = build_model(FLAGS.model, FLAGS.num_classes, FLAGS.img_size, FLAGS.model_kwargs).eval()
+        if FLAGS.checkpoint:
+            from py.models import interop
+            state = interop.read_checkpoint(caller_path(FLAGS.checkpoint), FLAGS.weights, FLAGS.trust_pickle)
+            interop.load_official(model, state, what=f"--model={FLAGS.model}")
+        x = example_input(model, FLAGS.seed)
+        output = caller_path(FLAGS.output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with torch.no_grad():
+            eager = model(x)
+        if FLAGS.format == "onnx":
+            export_onnx(model, x, output)
+            got = _run_onnx(output, x)
+        else:
+            program = export_program(model, x)
+            torch.export.save(program, str(output))
+            got = torch.export.load(str(output)).module()(x)
+    except (UsageError, ExportError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {FLAGS.format} program of {FLAGS.model} for input {tuple(x.shape)} to {output}")
+    if got is None:
+        print("check skipped: onnxruntime is not installed")
+        return 0
+    diff = max_abs_diff(got, eager)
+    print(f"max |exported - eager| on a random input: {diff:.3g}")
+    if 0 <= FLAGS.check_tol < diff:
+        print(f"error: exported output differs from eager by {diff:.3g} > --check_tol={FLAGS.check_tol}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_onnx(path, x):
+    """The ONNX file's output on x via onnxruntime, or None if it is not installed."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        return None
+    import onnxruntime
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    return torch.from_numpy(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
