@@ -17,8 +17,8 @@ Limits:
     the sequence: at 224², vim_tiny and vmamba_tiny_s1l8 each took 6-7 minutes and ~4 GB of RAM to
     export on a 2-core CPU (pvmamba_tiny: 16 s), and the program runs slower than the eager model
     with its native kernel. The reference SSD (VMamba m0) and PVMamba are plain tensor ops.
-  * The ops' NaN/inf checks of their parameters branch on tensor values, which graph capture cannot
-    trace; they are switched off while tracing (the parameters are checked once before export).
+  * The ops' NaN/inf checks branch on tensor values, which graph capture cannot trace; they skip
+    themselves while tracing (py.ops._common.check_finite), so the parameters are checked once here.
   * DyVM: each layer's two SSM branches sit under torch.cond on their gate, so a skipped branch is
     not computed in the exported program either; token pruning keeps its fixed top-K sizes.
   * ONNX needs the `onnx` and `onnxscript` packages (torch.onnx's exporter is built on them); without
@@ -74,30 +74,6 @@ def _check_parameters_finite(model):
         raise ExportError(f"parameters with NaN/inf cannot be exported: {bad[:10]}")
 
 
-def _ssd_validate_shapes(x, dt, A, B, C, chunk_size, D, z, dt_bias, causal, initial_states):
-    """py.ops.ssd._validate's result (b, L, h, p, g, n) without its checks (they ran eagerly)."""
-    b, L, h, p = x.shape
-    return b, L, h, p, B.shape[2], B.shape[3]
-
-
-@contextlib.contextmanager
-def _without_data_checks():
-    """Turns off the ops' NaN/inf checks, which branch on tensor values (`bool(isfinite(t).all())`).
-
-    Cleaner would be for the ops to skip them under torch.compiler.is_compiling(); until then this
-    patches the two module-level helpers that hold them, and restores them afterwards.
-    """
-    sel = importlib.import_module("py.ops.selective_scan")
-    ssd = importlib.import_module("py.ops.ssd")
-    saved = sel._check_finite, ssd._validate
-    sel._check_finite = lambda name, t: None
-    ssd._validate = _ssd_validate_shapes
-    try:
-        yield
-    finally:
-        sel._check_finite, ssd._validate = saved
-
-
 def _cond_branch(self, xz, on, backward, mask):
     """DynamicBiMamba._run_subset for export: batch 1, the branch under torch.cond on its gate."""
     if xz.shape[0] != 1:
@@ -140,7 +116,7 @@ def traceable(model):
     """Context in which `model` can be traced by torch.export (see the module doc, Limits)."""
     common = importlib.import_module("py.ops._common")
     _check_parameters_finite(model)
-    with common.force_backend("reference"), _without_data_checks(), _static_dyvm_gates(model), \
+    with common.force_backend("reference"), _static_dyvm_gates(model), \
             warnings.catch_warnings():
         # DyVM's gate log assigned during tracing is restored afterwards (_static_dyvm_gates)
         warnings.filterwarnings("ignore", message="The tensor attributes .* were assigned during export")

@@ -50,6 +50,15 @@ def check_same_device(**tensors):
                              f"got {t.device}")
 
 
+def check_finite(name, t):
+    """ValueError naming `name` if tensor `t` (or None) holds NaN/inf. Skipped while torch.compile or
+    torch.export traces (a data-dependent branch cannot be captured; the eager call checks)."""
+    if t is None or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} must be finite (found NaN or inf)")
+
+
 _FORCED = []
 
 

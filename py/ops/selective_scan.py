@@ -160,11 +160,6 @@ class SelectiveScanCpuFn(torch.autograd.Function):
 # Public API
 
 
-def _check_finite(name, t):
-    if t is not None and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} must be finite (found NaN or inf)")
-
-
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, backend="auto"):
     """Selective scan (S6) of Mamba-1 / VMamba / Vim.
@@ -224,7 +219,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     _common.check_shape("delta_bias", delta_bias, (dim,), shape_doc="(dim,)")
     _common.check_same_device(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
     for name, t in (("A", A), ("D", D), ("delta_bias", delta_bias)):
-        _check_finite(name, t)
+        _common.check_finite(name, t)
 
     backend = _common.resolve_backend(op, backend, u.device, cpu_dtype_ok=True, cuda_extension=None)
     batch, dim, L = u.shape

@@ -64,8 +64,7 @@ def _validate(x, dt, A, B, C, chunk_size, D, z, dt_bias, causal, initial_states)
     # Finiteness checks on the parameters and on dt (b*L*h values, 1/headdim of x); the large
     # activations x, B, C, z are not scanned.
     for name, t in (("A", A), ("D", D), ("dt_bias", dt_bias), ("dt", dt)):
-        if t is not None and not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{name} must be finite (found NaN or inf)")
+        _common.check_finite(name, t)
     return b, L, h, p, g, n
 
 
