@@ -5,7 +5,6 @@ whose state.pt holds the run's resolved config) or from a single weights file pl
 Results are written with py.training.checkpoint.write_json (temp file + fsync + rename).
 """
 import json
-import os
 import pathlib
 import sys
 
@@ -15,6 +14,7 @@ from absl import flags
 import py.models as models
 from py.models import registry
 from py.training import checkpoint
+from py.training.paths import caller_path
 
 
 class UsageError(Exception):
@@ -48,21 +48,6 @@ def run_main(main_fn, argv):
         sys.exit(2)
 
 
-def caller_path(path):
-    """A user-given path, relative to where the user ran the command (also under `bazel run`).
-
-    Same rule as py.training.config.caller_path; that module is not imported because it defines the
-    trainer's flags, whose names (--model, --batch_size, ...) the eval tools define too.
-    """
-    if path is None:
-        return None
-    p = pathlib.Path(os.path.expanduser(path))
-    if p.is_absolute():
-        return p
-    base = os.environ.get("VISIONSSM_CALLER_DIR") or os.environ.get("BUILD_WORKING_DIRECTORY") or os.getcwd()
-    return pathlib.Path(base) / p
-
-
 def pick_device(kind):
     """torch.device for --device=auto|cpu|cuda; cuda without a visible GPU is a usage error."""
     if kind == "auto":
@@ -76,7 +61,7 @@ def registered_cfg(name):
     """The default_cfg a model was registered with (create_model's own defaults are 224 / 1000 classes)."""
     if name not in models.list_models():
         raise UsageError(f"unknown --model {name!r}; known: {', '.join(models.list_models())}")
-    return dict(registry._DEFAULT_CFGS[name])
+    return registry.registered_cfg(name)
 
 
 def build_model(name, num_classes, img_size, in_chans=None, model_kwargs=None):

@@ -15,11 +15,11 @@ Any mismatch (missing/unexpected keys, shapes) is reported in full, with exit co
 training checkpoints may also pickle their config object; such files need --trust_pickle.
 """
 import json
-import os
-import pathlib
 import sys
 
 from absl import flags
+
+from py.training.paths import caller_path
 
 FLAGS = flags.FlagValues()  # our own flag set: no clash with other tools' --model in one process
 flags.DEFINE_string("model", None, "registered model name (py.models.list_models())", flag_values=FLAGS)
@@ -44,15 +44,6 @@ flags.DEFINE_string("model_kwargs", "{}", "JSON dict of model config overrides, 
 
 class UsageError(Exception):
     """A bad flag, path or checkpoint: one line (or one report) on stderr, exit code 2."""
-
-
-def caller_path(path):
-    """A user-given path relative to where the command was run (also under `bazel run`)."""
-    p = pathlib.Path(os.path.expanduser(path))
-    if p.is_absolute():
-        return p
-    base = os.environ.get("VISIONSSM_CALLER_DIR") or os.environ.get("BUILD_WORKING_DIRECTORY") or os.getcwd()
-    return pathlib.Path(base) / p
 
 
 def parse_flags(flag_values, argv, doc):

@@ -209,9 +209,7 @@ def image_batches(info, source, num_images, batch_size, data_path=None, seed=0):
         root = common.caller_path(data_path)
         if not (root / "val").is_dir():
             raise common.UsageError(f"--data_path {root} has no val/ directory")
-        from timm.data import create_transform
-        val = data.SafeImageFolder(root / "val", create_transform(size, is_training=False, interpolation="bicubic",
-                                                                   crop_pct=0.875))
+        val = data.SafeImageFolder(root / "val", data.imagefolder_eval_transform(size))
         desc = {"inputs": "imagefolder val", "root": str(root)}
     else:
         raise common.UsageError(f"unknown --inputs {source!r}")

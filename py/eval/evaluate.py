@@ -90,10 +90,7 @@ def build_val_set(run_cfg, img_size, in_chans):
         if not (root / "val").is_dir():
             raise common.UsageError(f"--data_path {root} has no val/ directory (expected "
                                     f"{root}/val/<class_name>/<image files>)")
-        # The trainer's evaluation transform (py/training/train.py, _setup_data).
-        from timm.data import create_transform
-        transform = create_transform(img_size, is_training=False, interpolation="bicubic", crop_pct=0.875)
-        val = data.SafeImageFolder(root / "val", transform)
+        val = data.SafeImageFolder(root / "val", data.imagefolder_eval_transform(img_size))
         info = {"name": "imagefolder", "root": str(root), "split": "val"}
         classes = list(val.classes)
     else:

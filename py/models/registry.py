@@ -60,6 +60,13 @@ def list_models(pattern="*"):
     return sorted(n for n in _BUILDERS if fnmatch.fnmatch(n, pattern))
 
 
+def registered_cfg(name):
+    """A copy of the default_cfg `name` was registered with (its own input size, classes, mean/std)."""
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; known: {list_models()}")
+    return dict(_DEFAULT_CFGS[name])
+
+
 def create_model(name, pretrained=None, num_classes=None, img_size=None, **overrides):
     """Builds a registered model.
 

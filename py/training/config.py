@@ -4,12 +4,13 @@ Precedence: command-line flags > `--config` file (YAML, keys are flag names) > f
 Every problem with flags, paths or configs ends the program with one clear line and exit code 2.
 """
 import json
-import os
 import pathlib
 import sys
 import time
 
 from absl import flags
+
+from py.training.paths import caller_path
 
 FLAGS = flags.FLAGS
 
@@ -70,17 +71,6 @@ flags.DEFINE_bool("progress", True, "show a progress bar (rank 0, interactive or
 
 class ConfigError(Exception):
     """A bad flag value, path or config file: reported in one line, exit code 2."""
-
-
-def caller_path(path):
-    """Resolves a user-given relative path against the directory the user ran the command in."""
-    if path is None:
-        return None
-    p = pathlib.Path(os.path.expanduser(path))
-    if p.is_absolute():
-        return p
-    base = os.environ.get("VISIONSSM_CALLER_DIR") or os.environ.get("BUILD_WORKING_DIRECTORY") or os.getcwd()
-    return pathlib.Path(base) / p
 
 
 def apply_config_file():

@@ -188,6 +188,13 @@ class SafeImageFolder(Dataset):
         raise RuntimeError(f"no readable image in {self.folder.root}")
 
 
+def imagefolder_eval_transform(img_size):
+    """The ImageFolder evaluation transform (resize to img_size/0.875, bicubic, centre crop, ImageNet
+    normalisation), shared by the trainer's validation and the eval tools."""
+    from timm.data import create_transform
+    return create_transform(img_size, is_training=False, interpolation="bicubic", crop_pct=0.875)
+
+
 def imagefolder_datasets(data_path, train_transform, val_transform):
     """(train, val) from an ImageNet-style directory with train/ and val/ subfolders."""
     root = pathlib.Path(data_path)

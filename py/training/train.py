@@ -70,7 +70,7 @@ class Trainer:
             from timm.data import create_transform
             train_tf = create_transform(cfg["img_size"], is_training=True, auto_augment=cfg["randaug"] or None,
                                         re_prob=cfg["reprob"], interpolation="bicubic")
-            val_tf = create_transform(cfg["img_size"], is_training=False, interpolation="bicubic", crop_pct=0.875)
+            val_tf = data.imagefolder_eval_transform(cfg["img_size"])
             self.train_set, self.val_set = data.imagefolder_datasets(cfg["data_path"], train_tf, val_tf)
             if cfg["limit_train"]:
                 self.train_set = torch.utils.data.Subset(self.train_set, range(min(cfg["limit_train"], len(self.train_set))))
