@@ -38,7 +38,7 @@ EXTENSIONS = {
     "selective_scan_cpu": {
         "srcs": ["selective_scan_cpu.cc"],
         "cuda_srcs": [],
-        "hdrs": [],
+        "hdrs": ["selective_scan_n1_avx2.h"],
         "cutlass": False,
     },
     "ssd_cpu": {

@@ -23,7 +23,10 @@
 // are reduced by the caller); dA, dD, dbias are written per (batch, channel) and summed over batch
 // by the caller.
 //
-// float32 runs on 8-wide GCC vector-extension code with its own exp (Cephes-style range
+// N = 1 (VMamba) in float32 without z, on AVX2+FMA CPUs, takes its own path
+// (selective_scan_n1_avx2.h): every quantity vectorized across 8 channels, inputs read once.
+//
+// Otherwise float32 runs on 8-wide GCC vector-extension code with its own exp (Cephes-style range
 // reduction + degree-7 polynomial, ~1 ulp; results below ~1.2e-38 flush to 0) and softplus /
 // sigmoid built on it; float64 runs plain scalar loops with std::exp / std::log1p. Every entry
 // point is compiled twice (target_clones: x86-64-v3 = AVX2+FMA, and the baseline x86-64, where
@@ -45,6 +48,9 @@
 
 #if defined(__linux__)
 #include <sys/mman.h>
+#endif
+#if defined(__x86_64__)
+#include <immintrin.h>
 #endif
 
 // FP exceptions are never inspected here; without this GCC will not if-convert (and so not
@@ -835,6 +841,9 @@ VSSM_INLINE void backward_tile(const Args<typename P::T>& p, i64 b, i64 d0, i64 
 }
 
 // ---------------------------------------------------------------------------------------------
+#include "cc/kernels/selective_scan_n1_avx2.h"  // defines use_n1_path() and n1::run_tile()
+
+// ---------------------------------------------------------------------------------------------
 // Work units. Forward: tiles of R channels of one batch row. Backward: (slice, batch, group)
 // units; a group's ceil(cpg/R) tiles are split into S contiguous slices.
 
@@ -842,6 +851,11 @@ template <typename P>
 VSSM_INLINE void forward_unit_impl(const Args<typename P::T>& p, i64 unit) {
   const i64 R = rows_per_tile(p.N), per_b = (p.dim + R - 1) / R;
   const i64 b = unit / per_b, d0 = (unit % per_b) * R;
+  if constexpr (std::is_same_v<P, F8>) {
+#ifdef VSSM_N1_PATH
+    if (use_n1_path(p)) return n1::run_tile(p, b, d0, nullptr, nullptr);
+#endif
+  }
   forward_tile<P>(p, b, d0, std::min(R, p.dim - d0));
 }
 
@@ -856,8 +870,17 @@ VSSM_INLINE void backward_unit_impl(const Args<typename P::T>& p, i64 unit) {
   T* dCp = p.dC_part + ((s * p.batch + b) * G + g) * N * L;
   std::fill(dBp, dBp + N * L, T(0));
   std::fill(dCp, dCp + N * L, T(0));
-  for (i64 c = c_begin; c < c_end; c += R)
+  for (i64 c = c_begin; c < c_end; c += R) {
+    if constexpr (std::is_same_v<P, F8>) {
+#ifdef VSSM_N1_PATH
+      if (use_n1_path(p)) {
+        n1::run_tile(p, b, g * cpg + c, dBp, dCp);
+        continue;
+      }
+#endif
+    }
     backward_tile<P>(p, b, g * cpg + c, std::min(R, c_end - c), dBp, dCp);
+  }
 }
 
 VSSM_CLONES void forward_unit_f32(const Args<float>& p, i64 unit) { forward_unit_impl<F8>(p, unit); }
@@ -1105,6 +1128,21 @@ PYBIND11_MODULE(selective_scan_cpu, m) {
   m.def("fast_math_f32", &fast_math_f32, py::arg("fn"), py::arg("n"), py::arg("x"), py::arg("out"),
         py::call_guard<py::gil_scoped_release>());
   m.def("max_threads", &visionssm::max_threads, "OpenMP threads available to kernels");
+  m.def(
+      "set_n1_path",
+      [](bool on) {
+#ifdef VSSM_N1_PATH
+        const bool old = g_n1_path && n1::cpu_ok();
+        g_n1_path = on;
+#else
+        (void)on;
+        const bool old = false;
+#endif
+        return old;
+      },
+      "Enable/disable the AVX2 path for N = 1 float32 without z (selective_scan_n1_avx2.h); returns "
+      "the previous setting (False where the path is not compiled in)",
+      py::arg("on"));
   m.def(
       "set_huge_page_hint",
       [](bool on) {

@@ -44,6 +44,10 @@ CASES = [  # batch, dim, L, N, groups, D, z, bias, softplus, B/C 3-D
     (2, 16, 1031, 1, 4, True, False, True, True, False),   # VMamba-like, 3 time blocks (chunk 512)
     (1, 3, 97, 17, 1, False, True, False, False, False),   # N > 16, odd; only z
     (3, 12, 64, 2, 6, True, False, False, True, False),    # groups of 2 channels
+    # N = 1 with whole 8-channel tiles per group: the transposed AVX2 path (float32)
+    (2, 24, 1031, 1, 3, True, False, True, True, False),   # 3 time blocks, a 7-step tail
+    (1, 16, 5, 1, 2, False, False, False, False, False),   # L < 8: the tail alone, no options
+    (2, 32, 45, 1, 1, True, False, True, False, True),     # softplus off (δ·A of both signs), 3-D B/C
 ]
 
 
@@ -95,6 +99,59 @@ def test_gradcheck_across_time_blocks():
     args = [inp[k].requires_grad_() for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
     fn = lambda *a: ss.SelectiveScanCpuFn.apply(*a, True, False, True)[0]
     assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-8, rtol=1e-6, fast_mode=True)
+
+
+def test_n1_path_extreme_values_strided_rows_and_nan():
+    """The N = 1 float32 path on values that take every branch of its math: raw δ above 20 and far
+    below 0, A of both signs (softplus δ·A > 0 needs the overflow-safe exp), δ·A below −86.5 (flushed
+    to 0); rows of u/δ/dout that are not L apart; and a NaN in δ, which must poison the rest of its row."""
+    batch, dim, L, groups = 2, 16, 203, 2
+    inp = make(batch, dim, L, 1, groups, seed=11)
+    g = torch.Generator().manual_seed(12)
+    inp["delta"] = torch.randn(batch, dim, L, generator=g, dtype=torch.float64) * 15
+    inp["A"] = torch.linspace(-300.0, 0.02, dim, dtype=torch.float64)[:, None]  # last channel: A > 0
+    gy = torch.randn(batch, dim, L, generator=g, dtype=torch.float64)
+    run = lambda x: selective_scan(**x, delta_softplus=True, backend="reference" if x["u"].dtype == torch.float64
+                                   else "cpu")
+    want_y, want_g = grads_of(run, inp, gy)
+    wide = lambda t: torch.cat([t, t[:, :, :3]], dim=2)[:, :, :L]  # row stride L + 3, time stride 1
+    x = {k: None if v is None else v.float() for k, v in inp.items()}
+    x["u"], x["delta"] = wide(x["u"]), wide(x["delta"])
+    assert x["u"].stride(1) == L + 3
+    leaves = {k: v.detach().clone().requires_grad_() if k not in ("u", "delta") else v.detach().requires_grad_()
+              for k, v in x.items() if v is not None}
+    y = run(leaves)
+    grads = torch.autograd.grad(y, list(leaves.values()), grad_outputs=wide(gy.float()))
+    assert rel_err(y, want_y) < 2e-5
+    for (k, _), got in zip(leaves.items(), grads):
+        assert rel_err(got, want_g[k]) < (1e-4 if k == "A" else 2e-5), k
+    bad = dict(x, delta=x["delta"].clone())
+    bad["delta"][1, 3, 50] = float("nan")
+    y = run(bad)
+    assert y[1, 3, 50:].isnan().all() and not y[1, 3, :50].isnan().any()
+    assert not y[1, torch.arange(dim) != 3].isnan().any() and not y[0].isnan().any()
+
+
+def test_n1_path_matches_the_general_path():
+    """The AVX2 N = 1 path and the general float32 path (the same math, other order) agree closely."""
+    mod = _native.require("selective_scan_cpu")
+    inp = make(3, 40, 777, 1, 5, dtype=torch.float32, seed=13)
+    gy = torch.randn(3, 40, 777, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    run = lambda x: selective_scan(**x, delta_softplus=True, return_last_state=True, backend="cpu")
+    old = mod.set_n1_path(True)
+    if not old:
+        pytest.skip("the N = 1 AVX2 path is not compiled in or not supported by this CPU")
+    try:
+        fast = grads_of(run, inp, gy), run(inp)[1]
+        mod.set_n1_path(False)
+        general = grads_of(run, inp, gy), run(inp)[1]
+    finally:
+        mod.set_n1_path(old)
+    (yf, gf), lastf = fast
+    (yg, gg), lastg = general
+    assert rel_err(yf, yg) < 1e-6 and rel_err(lastf, lastg) < 1e-6
+    for k in gg:
+        assert rel_err(gf[k], gg[k]) < 1e-5, k
 
 
 def test_reference_matches_a_literal_loop():
