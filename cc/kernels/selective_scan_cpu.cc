@@ -230,6 +230,10 @@ struct Args {
   const T* dout = nullptr;
   i64 do_sb = 0, do_sd = 0;
   const T* ckpt_in = nullptr;
+  // N = 1 AVX2 path (selective_scan_n1_avx2.h): δ and σ(raw δ) saved by the forward for the
+  // backward, batch·dim·L·2 floats; null: not saved. With ds_in the backward needs no delta.
+  T* ds_out = nullptr;
+  const T* ds_in = nullptr;
   T* du = nullptr;          // (batch, dim, L)
   T* ddelta = nullptr;      // (batch, dim, L)
   T* dz = nullptr;          // (batch, dim, L) or null
@@ -873,7 +877,7 @@ VSSM_INLINE void backward_unit_impl(const Args<typename P::T>& p, i64 unit) {
   for (i64 c = c_begin; c < c_end; c += R) {
     if constexpr (std::is_same_v<P, F8>) {
 #ifdef VSSM_N1_PATH
-      if (use_n1_path(p)) {
+      if (p.ds_in) {  // the forward saved δ/σ: it ran the N = 1 path (run_backward checked)
         n1::run_tile(p, b, g * cpg + c, dBp, dCp);
         continue;
       }
@@ -959,12 +963,11 @@ Args<T> make_args(const Dims& dm, bool softplus, i64 chunk, Ptr u, const Strides
              dm.groups);
   VSSM_CHECK(chunk >= 1, "chunk must be >= 1, got ", chunk);
   check_strides("u", us, 2);
-  check_strides("delta", ds, 2);
+  if (delta) check_strides("delta", ds, 2);  // null: a backward from the saved δ/σ
   check_strides("A", As, 2);
   check_strides("B", Bs, 3);
   check_strides("C", Cs, 3);
-  VSSM_CHECK((u && delta && A && B && C) || dm.batch * dm.dim * dm.L == 0,
-             "u, delta, A, B, C must be non-null");
+  VSSM_CHECK((u && A && B && C) || dm.batch * dm.dim * dm.L == 0, "u, A, B, C must be non-null");
   Args<T> p;
   p.batch = dm.batch;
   p.dim = dm.dim;
@@ -977,8 +980,10 @@ Args<T> make_args(const Dims& dm, bool softplus, i64 chunk, Ptr u, const Strides
   p.u_sb = us[0];
   p.u_sd = us[1];
   p.delta = reinterpret_cast<const T*>(delta);
-  p.dl_sb = ds[0];
-  p.dl_sd = ds[1];
+  if (delta) {
+    p.dl_sb = ds[0];
+    p.dl_sd = ds[1];
+  }
   p.A = reinterpret_cast<const T*>(A);
   p.A_sd = As[0];
   p.A_sn = As[1];
@@ -1003,9 +1008,21 @@ Args<T> make_args(const Dims& dm, bool softplus, i64 chunk, Ptr u, const Strides
   return p;
 }
 
+// The N = 1 path's saved δ/σ: only float32, only where that path runs.
+inline void set_saved(Args<float>& p, Ptr saved, bool fwd) {
+  VSSM_CHECK(!saved || use_n1_path(p), "saved δ/σ belong to the N = 1 float32 path, which does not run here ",
+             "(n1_path() is False for these sizes, or set_n1_path() changed since the forward)");
+  (fwd ? p.ds_out : const_cast<float*&>(p.ds_in)) = reinterpret_cast<float*>(saved);
+}
+inline void set_saved(Args<double>&, Ptr saved, bool) {
+  VSSM_CHECK(!saved, "saved δ/σ belong to the N = 1 float32 path; float64 has none");
+}
+
 template <typename T>
-void run_forward(Args<T>& p, Ptr y, Ptr last, Ptr ckpt, int threads) {
+void run_forward(Args<T>& p, Ptr y, Ptr last, Ptr ckpt, Ptr saved, int threads) {
   VSSM_CHECK(y || p.L == 0 || p.batch * p.dim == 0, "y must be non-null");
+  VSSM_CHECK(p.delta || p.batch * p.dim * p.L == 0, "delta must be non-null");
+  set_saved(p, saved, true);
   p.y = reinterpret_cast<T*>(y);
   p.last = reinterpret_cast<T*>(last);
   p.ckpt = reinterpret_cast<T*>(ckpt);
@@ -1017,10 +1034,12 @@ void run_forward(Args<T>& p, Ptr y, Ptr last, Ptr ckpt, int threads) {
 }
 
 template <typename T>
-void run_backward(Args<T>& p, Ptr dout, const Strides& dos, Ptr ckpt, Ptr du, Ptr ddelta, Ptr dz,
+void run_backward(Args<T>& p, Ptr dout, const Strides& dos, Ptr ckpt, Ptr saved, Ptr du, Ptr ddelta, Ptr dz,
                   Ptr dA_part, Ptr dB_part, Ptr dC_part, Ptr dD_part, Ptr dbias_part, i64 slices,
                   int threads) {
   check_strides("dout", dos, 2);
+  set_saved(p, saved, false);
+  VSSM_CHECK(p.delta || saved || p.batch * p.dim * p.L == 0, "delta (or the saved δ/σ) must be non-null");
   VSSM_CHECK(slices >= 1 && slices <= std::max<i64>(1, p.cpg()), "slices must be in [1, dim/groups], got ",
              slices);
   VSSM_CHECK((dout && du && ddelta && dA_part && dB_part && dC_part) || p.batch * p.dim * p.L == 0,
@@ -1052,17 +1071,18 @@ void run_backward(Args<T>& p, Ptr dout, const Strides& dos, Ptr ckpt, Ptr du, Pt
 void forward(const std::string& dtype, i64 batch, i64 dim, i64 L, i64 N, i64 groups, bool softplus,
              i64 chunk, Ptr u, const Strides& us, Ptr delta, const Strides& ds, Ptr A,
              const Strides& As, Ptr B, const Strides& Bs, Ptr C, const Strides& Cs, Ptr D, i64 D_s,
-             Ptr bias, i64 bias_s, Ptr z, const Strides& zs, Ptr y, Ptr last, Ptr ckpt, int threads) {
+             Ptr bias, i64 bias_s, Ptr z, const Strides& zs, Ptr y, Ptr last, Ptr ckpt, Ptr saved,
+             int threads) {
   const Dims dm{batch, dim, L, N, groups};
   if (dtype == "float32") {
     auto p = make_args<float>(dm, softplus, chunk, u, us, delta, ds, A, As, B, Bs, C, Cs, D, D_s, bias,
                               bias_s, z, zs);
-    return run_forward(p, y, last, ckpt, threads);
+    return run_forward(p, y, last, ckpt, saved, threads);
   }
   if (dtype == "float64") {
     auto p = make_args<double>(dm, softplus, chunk, u, us, delta, ds, A, As, B, Bs, C, Cs, D, D_s, bias,
                                bias_s, z, zs);
-    return run_forward(p, y, last, ckpt, threads);
+    return run_forward(p, y, last, ckpt, saved, threads);
   }
   visionssm::fail("selective_scan forward: dtype must be float32 or float64, got ", dtype);
 }
@@ -1071,19 +1091,19 @@ void backward(const std::string& dtype, i64 batch, i64 dim, i64 L, i64 N, i64 gr
               i64 chunk, Ptr u, const Strides& us, Ptr delta, const Strides& ds, Ptr A,
               const Strides& As, Ptr B, const Strides& Bs, Ptr C, const Strides& Cs, Ptr D, i64 D_s,
               Ptr bias, i64 bias_s, Ptr z, const Strides& zs, Ptr dout, const Strides& dos, Ptr ckpt,
-              Ptr du, Ptr ddelta, Ptr dz, Ptr dA_part, Ptr dB_part, Ptr dC_part, Ptr dD_part,
+              Ptr saved, Ptr du, Ptr ddelta, Ptr dz, Ptr dA_part, Ptr dB_part, Ptr dC_part, Ptr dD_part,
               Ptr dbias_part, i64 slices, int threads) {
   const Dims dm{batch, dim, L, N, groups};
   if (dtype == "float32") {
     auto p = make_args<float>(dm, softplus, chunk, u, us, delta, ds, A, As, B, Bs, C, Cs, D, D_s, bias,
                               bias_s, z, zs);
-    return run_backward(p, dout, dos, ckpt, du, ddelta, dz, dA_part, dB_part, dC_part, dD_part,
+    return run_backward(p, dout, dos, ckpt, saved, du, ddelta, dz, dA_part, dB_part, dC_part, dD_part,
                         dbias_part, slices, threads);
   }
   if (dtype == "float64") {
     auto p = make_args<double>(dm, softplus, chunk, u, us, delta, ds, A, As, B, Bs, C, Cs, D, D_s, bias,
                                bias_s, z, zs);
-    return run_backward(p, dout, dos, ckpt, du, ddelta, dz, dA_part, dB_part, dC_part, dD_part,
+    return run_backward(p, dout, dos, ckpt, saved, du, ddelta, dz, dA_part, dB_part, dC_part, dD_part,
                         dbias_part, slices, threads);
   }
   visionssm::fail("selective_scan backward: dtype must be float32 or float64, got ", dtype);
@@ -1114,20 +1134,25 @@ PYBIND11_MODULE(selective_scan_cpu, m) {
         py::arg("delta"), py::arg("delta_strides"), py::arg("A"), py::arg("A_strides"), py::arg("B"),
         py::arg("B_strides"), py::arg("C"), py::arg("C_strides"), py::arg("D"), py::arg("D_stride"),
         py::arg("bias"), py::arg("bias_stride"), py::arg("z"), py::arg("z_strides"), py::arg("y"),
-        py::arg("last_state"), py::arg("ckpt"), py::arg("threads") = 0,
+        py::arg("last_state"), py::arg("ckpt"), py::arg("saved"), py::arg("threads") = 0,
         py::call_guard<py::gil_scoped_release>());
   m.def("backward", &backward, py::arg("dtype"), py::arg("batch"), py::arg("dim"), py::arg("L"),
         py::arg("N"), py::arg("groups"), py::arg("softplus"), py::arg("chunk"), py::arg("u"),
         py::arg("u_strides"), py::arg("delta"), py::arg("delta_strides"), py::arg("A"),
         py::arg("A_strides"), py::arg("B"), py::arg("B_strides"), py::arg("C"), py::arg("C_strides"),
         py::arg("D"), py::arg("D_stride"), py::arg("bias"), py::arg("bias_stride"), py::arg("z"),
-        py::arg("z_strides"), py::arg("dout"), py::arg("dout_strides"), py::arg("ckpt"), py::arg("du"),
+        py::arg("z_strides"), py::arg("dout"), py::arg("dout_strides"), py::arg("ckpt"), py::arg("saved"),
+        py::arg("du"),
         py::arg("ddelta"), py::arg("dz"), py::arg("dA_part"), py::arg("dB_part"), py::arg("dC_part"),
         py::arg("dD_part"), py::arg("dbias_part"), py::arg("slices"), py::arg("threads") = 0,
         py::call_guard<py::gil_scoped_release>());
   m.def("fast_math_f32", &fast_math_f32, py::arg("fn"), py::arg("n"), py::arg("x"), py::arg("out"),
         py::call_guard<py::gil_scoped_release>());
   m.def("max_threads", &visionssm::max_threads, "OpenMP threads available to kernels");
+  m.def("n1_path", &n1_path_for,
+        "Whether float32 scans of these sizes run the N = 1 AVX2 path, whose forward can save δ/σ "
+        "(batch·dim·L·2 floats, argument `saved`) for a backward that then needs no delta",
+        py::arg("N"), py::arg("has_z"), py::arg("channels_per_group"));
   m.def(
       "set_n1_path",
       [](bool on) {

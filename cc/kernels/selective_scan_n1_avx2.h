@@ -183,22 +183,39 @@ VSSM_AVX2_INLINE void discretize(const Tile& k, v8 (&X)[8], v8 (&Ea)[8], v8* sig
   for (int j = 0; j < 8; ++j) Ea[j] = exp<kNonPos>(_mm256_mul_ps(X[j], k.A));
 }
 
+// δ and σ(raw δ) saved by the forward for the backward (when a graph is built), so that the
+// backward skips e^−|x|, softplus and σ and reads one stream instead of transposing δ: per tile
+// (index (b·dim + d0)/8), per step t, 16 floats: δ of the 8 lanes, then σ of the 8 lanes.
+constexpr i64 kSaved = 16;
+
+VSSM_AVX2_INLINE float* saved_tile(float* base, const Args<float>& p, i64 b, i64 d0) {
+  return base + (b * p.dim + d0) / 8 * p.L * kSaved;
+}
+
 // One 8-step block of the forward: δ and u rows at dl/u (strides), y rows at y (stride ys); B, C
-// the block's 8 values; h the state in/out; n (<= 8) steps advance h.
-template <bool kSoftplus, bool kNonPos>
+// the block's 8 values; h the state in/out; n (<= 8) steps advance h; ds (kSave) the block's
+// saved δ/σ (8 steps × 16 floats).
+template <bool kSoftplus, bool kNonPos, bool kSave>
 VSSM_AVX2_INLINE void forward_block(const Tile& k, const float* dl, i64 dls, const float* u, i64 us,
-                                    const float* B, const float* C, float* y, i64 ys, i64 n, v8& h) {
-  v8 X[8], U[8], Ea[8];
+                                    const float* B, const float* C, float* y, i64 ys, float* ds, i64 n,
+                                    v8& h) {
+  v8 X[8], U[8], Ea[8], Sg[8];
   load_t(dl, dls, X);
   load_t(u, us, U);
-  discretize<kSoftplus, kNonPos>(k, X, Ea, nullptr);
+  discretize<kSoftplus, kNonPos>(k, X, Ea, kSave && kSoftplus ? Sg : nullptr);
+  if constexpr (kSave) {
+    for (int j = 0; j < 8; ++j) {
+      _mm256_stream_ps(ds + kSaved * j, X[j]);  // streaming: read much later, no read-for-ownership
+      _mm256_stream_ps(ds + kSaved * j + 8, kSoftplus ? Sg[j] : set1(1.0f));
+    }
+  }
   for (int j = 0; j < 8; ++j) X[j] = _mm256_mul_ps(_mm256_mul_ps(X[j], U[j]), _mm256_broadcast_ss(B + j));
   for (int j = 0; j < n; ++j) X[j] = h = _mm256_fmadd_ps(Ea[j], h, X[j]);
   for (int j = 0; j < 8; ++j) X[j] = _mm256_fmadd_ps(X[j], _mm256_broadcast_ss(C + j), _mm256_mul_ps(k.D, U[j]));
   store_t(y, ys, X);
 }
 
-template <bool kSoftplus, bool kNonPos>
+template <bool kSoftplus, bool kNonPos, bool kSave>
 VSSM_AVX2 void forward_tile(const Args<float>& p, i64 b, i64 d0) {
   const i64 L = p.L, g = d0 / p.cpg(), nblk = p.nblk(), row0 = b * p.dim + d0;
   const float* dl = p.dlrow(b, d0);
@@ -206,27 +223,32 @@ VSSM_AVX2 void forward_tile(const Args<float>& p, i64 b, i64 d0) {
   const float* Bt = p.Brow(b, g, 0);
   const float* Ct = p.Crow(b, g, 0);
   float* y = p.y + row0 * L;
+  float* ds = kSave ? saved_tile(p.ds_out, p, b, d0) : nullptr;
   const Tile k = tile(p, d0);
   v8 h = _mm256_setzero_ps();
   for (i64 t0 = 0; t0 < L; t0 += 8) {
     const i64 n = std::min<i64>(8, L - t0);
     if (n == 8) {
-      forward_block<kSoftplus, kNonPos>(k, dl + t0, p.dl_sd, u + t0, p.u_sd, Bt + t0, Ct + t0, y + t0, L, 8, h);
+      forward_block<kSoftplus, kNonPos, kSave>(k, dl + t0, p.dl_sd, u + t0, p.u_sd, Bt + t0, Ct + t0, y + t0, L,
+                                               kSave ? ds + t0 * kSaved : nullptr, 8, h);
     } else {
-      Tail td, tu, tb, tc, ty;
+      Tail td, tu, ty;
       float bc[16] = {};
+      alignas(32) float dsb[8 * kSaved];
       for (i64 j = 0; j < n; ++j) {
         bc[j] = Bt[t0 + j];
         bc[8 + j] = Ct[t0 + j];
       }
-      forward_block<kSoftplus, kNonPos>(k, td.in(dl + t0, p.dl_sd, n), 8, tu.in(u + t0, p.u_sd, n), 8, bc,
-                                        bc + 8, ty.buf, 8, n, h);
+      forward_block<kSoftplus, kNonPos, kSave>(k, td.in(dl + t0, p.dl_sd, n), 8, tu.in(u + t0, p.u_sd, n), 8, bc,
+                                               bc + 8, ty.buf, 8, dsb, n, h);
       ty.out(y + t0, L, n);
+      if constexpr (kSave) std::copy(dsb, dsb + n * kSaved, ds + t0 * kSaved);
     }
     const i64 t1 = t0 + n;
     if (p.ckpt && (t1 % p.chunk == 0 || t1 == L)) scatter(p.ckpt + row0 * nblk + (t1 - 1) / p.chunk, nblk, h);
   }
   if (p.last) scatter(p.last + row0, 1, h);
+  if constexpr (kSave) _mm_sfence();
 }
 
 // Backward state of a tile carried across blocks (time runs backwards).
@@ -235,22 +257,21 @@ struct BackCarry {
   v8 accA, accD, accBias;
 };
 
-// Per step of a time block, recomputed from its checkpoint: δ, σ(raw) (softplus'), exp(δA),
-// h_{t−1}, u; one vector each.
+// Per step of a time block: the saved δ/σ (ds, kSaved floats per step), and, recomputed from
+// the block's checkpoint, exp(δA), h_{t−1} and u (one vector each).
 struct BlockBuf {
-  v8 *dt, *sg, *a, *hp, *u;
+  v8 *a, *hp, *u;
 };
 
-// Recompute of one 8-step block into bb at offset s0; h in/out.
-template <bool kSoftplus, bool kNonPos>
-VSSM_AVX2_INLINE void recompute_block(const Tile& k, const float* dl, i64 dls, const float* u, i64 us,
-                                      const float* B, i64 n, const BlockBuf& bb, i64 s0, v8& h) {
+// Recompute of one 8-step block into bb at offset s0 (δ from the block's saved ds); h in/out.
+template <bool kNonPos>
+VSSM_AVX2_INLINE void recompute_block(const Tile& k, const float* u, i64 us, const float* B, const float* ds,
+                                      i64 n, const BlockBuf& bb, i64 s0, v8& h) {
   v8 X[8], Ea[8];
-  load_t(dl, dls, X);
   load_t(u, us, *reinterpret_cast<v8(*)[8]>(bb.u + s0));
-  discretize<kSoftplus, kNonPos>(k, X, Ea, kSoftplus ? bb.sg + s0 : nullptr);
+  for (int j = 0; j < 8; ++j) X[j] = ld(ds + kSaved * j);
+  for (int j = 0; j < 8; ++j) Ea[j] = exp<kNonPos>(_mm256_mul_ps(X[j], k.A));
   for (int j = 0; j < 8; ++j) {
-    bb.dt[s0 + j] = X[j];
     bb.a[s0 + j] = Ea[j];
     X[j] = _mm256_mul_ps(_mm256_mul_ps(X[j], bb.u[s0 + j]), _mm256_broadcast_ss(B + j));
   }
@@ -262,12 +283,10 @@ VSSM_AVX2_INLINE void recompute_block(const Tile& k, const float* dl, i64 dls, c
 }
 
 // Reverse walk over one 8-step block: dout rows at dy (stride dys) in; du, ddelta rows out
-// (stride os); dB/dC (the block's 8 entries) accumulated.
-template <bool kSoftplus>
+// (stride os); dB/dC (the block's 8 entries) accumulated; ds the block's saved δ/σ.
 VSSM_AVX2_INLINE void reverse_block(const Tile& k, const float* dout, i64 dos, const float* B, const float* C,
-                                    float* du, float* ddl, i64 os, float* dB, float* dC, i64 n,
+                                    const float* ds, float* du, float* ddl, i64 os, float* dB, float* dC, i64 n,
                                     const BlockBuf& bb, i64 s0, BackCarry& c) {
-  const v8* dt = bb.dt + s0;
   const v8* a = bb.a + s0;
   const v8* uu = bb.u + s0;
   const v8* hp = bb.hp + s0;
@@ -281,18 +300,17 @@ VSSM_AVX2_INLINE void reverse_block(const Tile& k, const float* dout, i64 dos, c
   for (int j = static_cast<int>(n); j < 8; ++j) G[j] = _mm256_setzero_ps();  // past the end
   for (int j = 0; j < 8; ++j) {
     const v8 Bj = _mm256_broadcast_ss(B + j);
+    const v8 dt = ld(ds + kSaved * j);
     const v8 ah = _mm256_mul_ps(a[j], hp[j]);  // exp(δA)·h_{t−1}
     const v8 ub = _mm256_mul_ps(uu[j], Bj);
-    const v8 gd = _mm256_mul_ps(G[j], dt[j]);
-    dCv[j] = _mm256_mul_ps(DY[j], _mm256_fmadd_ps(dt[j], ub, ah));  // dy·h_t
+    const v8 gd = _mm256_mul_ps(G[j], dt);
+    dCv[j] = _mm256_mul_ps(DY[j], _mm256_fmadd_ps(dt, ub, ah));  // dy·h_t
     dBv[j] = _mm256_mul_ps(gd, uu[j]);
-    DD[j] = _mm256_mul_ps(G[j], _mm256_fmadd_ps(k.A, ah, ub));
+    DD[j] = _mm256_mul_ps(_mm256_mul_ps(G[j], _mm256_fmadd_ps(k.A, ah, ub)), ld(ds + kSaved * j + 8));  // ·σ
     c.accA = _mm256_fmadd_ps(gd, ah, c.accA);
     c.accD = _mm256_fmadd_ps(DY[j], uu[j], c.accD);
     DY[j] = _mm256_fmadd_ps(k.D, DY[j], _mm256_mul_ps(gd, Bj));  // du
   }
-  if constexpr (kSoftplus)
-    for (int j = 0; j < 8; ++j) DD[j] = _mm256_mul_ps(DD[j], bb.sg[s0 + j]);
   for (int j = 0; j < 8; ++j) c.accBias = _mm256_add_ps(c.accBias, DD[j]);
   st(dB, _mm256_add_ps(ld(dB), hsum_t(dBv)));
   st(dC, _mm256_add_ps(ld(dC), hsum_t(dCv)));
@@ -302,43 +320,48 @@ VSSM_AVX2_INLINE void reverse_block(const Tile& k, const float* dout, i64 dos, c
 
 // Backward for channels d0 .. d0+7 of batch b; dB/dC accumulate into dBp/dCp (length L). Time
 // blocks of `chunk` steps (a multiple of 8), last to first: recompute the block from its
-// checkpoint into per-thread buffers, then walk it backwards.
-template <bool kSoftplus, bool kNonPos>
+// checkpoint and the saved δ/σ into per-thread buffers, then walk it backwards.
+template <bool kNonPos>
 VSSM_AVX2 void backward_tile(const Args<float>& p, i64 b, i64 d0, float* dBp, float* dCp) {
   const i64 L = p.L, g = d0 / p.cpg(), nblk = p.nblk(), chunk = p.chunk, row0 = b * p.dim + d0;
-  const float* dl = p.dlrow(b, d0);
   const float* u = p.urow(b, d0);
   const float* dout = p.dout + b * p.do_sb + d0 * p.do_sd;
   const float* Bt = p.Brow(b, g, 0);
   const float* Ct = p.Crow(b, g, 0);
+  const float* ds = saved_tile(const_cast<float*>(p.ds_in), p, b, d0);
   float* du = p.du + row0 * L;
   float* ddl = p.ddelta + row0 * L;
   const Tile k = tile(p, d0);
-  float* raw = scratch<float>(static_cast<size_t>(5 * 8 * chunk + 8));
+  float* raw = scratch<float>(static_cast<size_t>(3 * 8 * chunk + 8 * kSaved + 8));
   v8* buf = reinterpret_cast<v8*>((reinterpret_cast<std::uintptr_t>(raw) + 31) & ~std::uintptr_t(31));
-  const BlockBuf bb{buf, buf + chunk, buf + 2 * chunk, buf + 3 * chunk, buf + 4 * chunk};
+  float* tail_ds = reinterpret_cast<float*>(buf + 3 * chunk);  // a partial last block's δ/σ, zero-padded
   const v8 zero = _mm256_setzero_ps();
   BackCarry c{zero, zero, zero, zero, zero};
   for (i64 blk = nblk - 1; blk >= 0; --blk) {
     const i64 tb = blk * chunk, len = std::min(chunk, L - tb);
+    const BlockBuf bb{buf, buf + chunk, buf + 2 * chunk};
+    // δ/σ are read in place, except for a partial last 8 steps (8 would read past L): a copy.
+    if (len % 8) {
+      std::fill(tail_ds, tail_ds + 8 * kSaved, 0.f);
+      std::copy(ds + (tb + len / 8 * 8) * kSaved, ds + (tb + len) * kSaved, tail_ds);
+    }
     v8 h = blk > 0 ? gather(p.ckpt_in + row0 * nblk + blk - 1, nblk) : zero;
     for (i64 s0 = 0; s0 < len; s0 += 8) {
       const i64 n = std::min<i64>(8, len - s0), t0 = tb + s0;
       if (n == 8) {
-        recompute_block<kSoftplus, kNonPos>(k, dl + t0, p.dl_sd, u + t0, p.u_sd, Bt + t0, 8, bb, s0, h);
+        recompute_block<kNonPos>(k, u + t0, p.u_sd, Bt + t0, ds + t0 * kSaved, 8, bb, s0, h);
       } else {
-        Tail td, tu;
+        Tail tu;
         float bv[8] = {};
         for (i64 j = 0; j < n; ++j) bv[j] = Bt[t0 + j];
-        recompute_block<kSoftplus, kNonPos>(k, td.in(dl + t0, p.dl_sd, n), 8, tu.in(u + t0, p.u_sd, n), 8, bv,
-                                            n, bb, s0, h);
+        recompute_block<kNonPos>(k, tu.in(u + t0, p.u_sd, n), 8, bv, tail_ds, n, bb, s0, h);
       }
     }
     for (i64 s0 = (len - 1) / 8 * 8; s0 >= 0; s0 -= 8) {
       const i64 n = std::min<i64>(8, len - s0), t0 = tb + s0;
       if (n == 8) {
-        reverse_block<kSoftplus>(k, dout + t0, p.do_sd, Bt + t0, Ct + t0, du + t0, ddl + t0, L, dBp + t0,
-                                 dCp + t0, 8, bb, s0, c);
+        reverse_block(k, dout + t0, p.do_sd, Bt + t0, Ct + t0, ds + t0 * kSaved, du + t0, ddl + t0, L, dBp + t0,
+                      dCp + t0, 8, bb, s0, c);
       } else {
         Tail tdy, tdu, tdd;
         float bc[16] = {}, dbc[16] = {};
@@ -346,8 +369,8 @@ VSSM_AVX2 void backward_tile(const Args<float>& p, i64 b, i64 d0, float* dBp, fl
           bc[j] = Bt[t0 + j];
           bc[8 + j] = Ct[t0 + j];
         }
-        reverse_block<kSoftplus>(k, tdy.in(dout + t0, p.do_sd, n), 8, bc, bc + 8, tdu.buf, tdd.buf, 8, dbc,
-                                 dbc + 8, n, bb, s0, c);
+        reverse_block(k, tdy.in(dout + t0, p.do_sd, n), 8, bc, bc + 8, tail_ds, tdu.buf, tdd.buf, 8, dbc,
+                      dbc + 8, n, bb, s0, c);
         tdu.out(du + t0, L, n);
         tdd.out(ddl + t0, L, n);
         for (i64 j = 0; j < n; ++j) {
@@ -367,12 +390,17 @@ inline bool cpu_ok() {
   return ok;
 }
 
-// Runs the tile (forward, or backward when dBp is given) with the template matching softplus and
-// the sign of A (softplus δ >= 0 and A <= 0 make δ·A <= 0: exp needs no overflow clamp).
+// Runs the tile (forward, or backward when dBp is given) with the template matching softplus, the
+// sign of A (softplus δ >= 0 and A <= 0 make δ·A <= 0: exp needs no overflow clamp) and saving.
 inline void run_tile(const Args<float>& p, i64 b, i64 d0, float* dBp, float* dCp) {
   bool nonpos = p.softplus;
   for (int r = 0; r < 8 && nonpos; ++r) nonpos = p.A[(d0 + r) * p.A_sd] <= 0.f;
-#define VSSM_N1(SP, NP) dBp ? backward_tile<SP, NP>(p, b, d0, dBp, dCp) : forward_tile<SP, NP>(p, b, d0)
+  if (dBp) {
+    nonpos ? backward_tile<true>(p, b, d0, dBp, dCp) : backward_tile<false>(p, b, d0, dBp, dCp);
+    return;
+  }
+#define VSSM_N1(SP, NP) \
+  p.ds_out ? forward_tile<SP, NP, true>(p, b, d0) : forward_tile<SP, NP, false>(p, b, d0)
   if (nonpos) VSSM_N1(true, true);
   else if (p.softplus) VSSM_N1(true, false);
   else VSSM_N1(false, false);
@@ -383,10 +411,14 @@ inline void run_tile(const Args<float>& p, i64 b, i64 d0, float* dBp, float* dCp
 
 bool g_n1_path = true;
 
-inline bool use_n1_path(const Args<float>& p) {
-  return g_n1_path && p.N == 1 && !p.z && p.cpg() % 8 == 0 && n1::cpu_ok();
+// Whether the N = 1 path runs for these sizes (the caller also needs float32).
+inline bool n1_path_for(i64 N, bool has_z, i64 cpg) {
+  return g_n1_path && N == 1 && !has_z && cpg % 8 == 0 && n1::cpu_ok();
 }
+
+inline bool use_n1_path(const Args<float>& p) { return n1_path_for(p.N, p.z != nullptr, p.cpg()); }
 #else
 bool g_n1_path = false;  // not compiled in: set_n1_path() has no effect
+inline bool n1_path_for(i64, bool, i64) { return false; }
 inline bool use_n1_path(const Args<float>&) { return false; }
 #endif

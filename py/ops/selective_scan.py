@@ -100,7 +100,12 @@ def _kernel_common(u, delta, A, B, C, D, z, delta_bias, softplus, chunk):
 
 class SelectiveScanCpuFn(torch.autograd.Function):
     """CPU kernel forward/backward. All tensor inputs share one dtype, float32 or float64; u, delta,
-    z, B, C have unit stride on their last (time) axis. Returns (y, last_state or None)."""
+    z, B, C have unit stride on their last (time) axis. Returns (y, last_state or None).
+
+    Saved for the backward: the inputs, and the state every `chunk` steps. On the float32 N = 1 path
+    (VMamba; `n1_path()` of the extension) the forward also saves softplus(δ) and its derivative
+    (2 floats per element) in place of delta, which spares the backward that math (~6% of a
+    forward+backward at the VMamba-T stage-1 shape) for one extra activation of memory."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, save=True):
@@ -115,14 +120,18 @@ class SelectiveScanCpuFn(torch.autograd.Function):
         y = torch.empty(batch, dim, L, dtype=u.dtype)
         last = torch.empty(batch, dim, N, dtype=u.dtype) if return_last_state else None
         ckpt = torch.empty(batch, dim, nblk, N, dtype=u.dtype) if needs_grad and nblk > 1 else None
+        # The N = 1 float32 path saves softplus(δ) and its derivative for the backward (2 floats per
+        # element, replacing delta among the saved tensors): the backward then skips that math.
+        n1 = needs_grad and u.dtype == torch.float32 and mod.n1_path(N, z is not None, dim // B.shape[1])
+        saved = torch.empty(batch * dim * L * 2, dtype=u.dtype) if n1 else None
         args = _kernel_common(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk)
-        mod.forward(**args, y=y.data_ptr(), last_state=_ptr(last), ckpt=_ptr(ckpt),
+        mod.forward(**args, y=y.data_ptr(), last_state=_ptr(last), ckpt=_ptr(ckpt), saved=_ptr(saved),
                     threads=torch.get_num_threads())
         ctx.softplus = bool(delta_softplus)
         ctx.chunk = chunk
         ctx.has = (D is not None, z is not None, delta_bias is not None)
         if needs_grad:
-            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)
+            ctx.save_for_backward(u, None if n1 else delta, A, B, C, D, z, delta_bias, ckpt, saved)
         if last is not None:
             ctx.mark_non_differentiable(last)
         return y, last
@@ -130,7 +139,7 @@ class SelectiveScanCpuFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, _dlast):
         mod = _native.require(_EXT)
-        u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, ckpt, saved = ctx.saved_tensors
         batch, dim, L = u.shape
         groups, N = B.shape[1], A.shape[1]
         dy = _lastdim_contig(dy.to(u.dtype))
@@ -145,7 +154,7 @@ class SelectiveScanCpuFn(torch.autograd.Function):
         dbias_part = torch.empty(batch, dim, dtype=u.dtype) if delta_bias is not None else None
         args = _kernel_common(u, delta, A, B, C, D, z, delta_bias, ctx.softplus, ctx.chunk)
         mod.backward(**args, dout=dy.data_ptr(), dout_strides=_strides(dy, 2), ckpt=_ptr(ckpt),
-                     du=du.data_ptr(), ddelta=ddelta.data_ptr(), dz=_ptr(dz), dA_part=dA_part.data_ptr(),
+                     saved=_ptr(saved), du=du.data_ptr(), ddelta=ddelta.data_ptr(), dz=_ptr(dz), dA_part=dA_part.data_ptr(),
                      dB_part=dB_part.data_ptr(), dC_part=dC_part.data_ptr(), dD_part=_ptr(dD_part),
                      dbias_part=_ptr(dbias_part), slices=slices, threads=torch.get_num_threads())
         dA = dA_part.sum(0)

@@ -154,6 +154,23 @@ def test_n1_path_matches_the_general_path():
         assert rel_err(gf[k], gg[k]) < 1e-5, k
 
 
+def test_n1_path_switched_off_between_forward_and_backward_is_an_error():
+    """The N = 1 forward saves softplus(δ) and σ instead of delta; a backward that cannot use them
+    must say so rather than read garbage."""
+    mod = _native.require("selective_scan_cpu")
+    if not mod.n1_path(1, False, 8):
+        pytest.skip("the N = 1 AVX2 path is not compiled in or not supported by this CPU")
+    inp = make(1, 8, 20, 1, 1, dtype=torch.float32)
+    u = inp["u"].requires_grad_()
+    y = selective_scan(**dict(inp, u=u), delta_softplus=True, backend="cpu")
+    old = mod.set_n1_path(False)
+    try:
+        with pytest.raises(ValueError, match="set_n1_path"):
+            y.sum().backward()
+    finally:
+        mod.set_n1_path(old)
+
+
 def test_reference_matches_a_literal_loop():
     inp = make(2, 4, 6, 3, 2, z=True)
     y = selective_scan_reference(**inp, delta_softplus=True)
