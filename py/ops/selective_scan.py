@@ -154,8 +154,9 @@ class SelectiveScanCpuFn(torch.autograd.Function):
         dbias_part = torch.empty(batch, dim, dtype=u.dtype) if delta_bias is not None else None
         args = _kernel_common(u, delta, A, B, C, D, z, delta_bias, ctx.softplus, ctx.chunk)
         mod.backward(**args, dout=dy.data_ptr(), dout_strides=_strides(dy, 2), ckpt=_ptr(ckpt),
-                     saved=_ptr(saved), du=du.data_ptr(), ddelta=ddelta.data_ptr(), dz=_ptr(dz), dA_part=dA_part.data_ptr(),
-                     dB_part=dB_part.data_ptr(), dC_part=dC_part.data_ptr(), dD_part=_ptr(dD_part),
+                     saved=_ptr(saved), du=du.data_ptr(), ddelta=ddelta.data_ptr(), dz=_ptr(dz),
+                     dA_part=dA_part.data_ptr(), dB_part=dB_part.data_ptr(), dC_part=dC_part.data_ptr(),
+                     dD_part=_ptr(dD_part),
                      dbias_part=_ptr(dbias_part), slices=slices, threads=torch.get_num_threads())
         dA = dA_part.sum(0)
         dB = dB_part[0] if slices == 1 else dB_part.sum(0)

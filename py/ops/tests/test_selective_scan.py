@@ -47,6 +47,7 @@ CASES = [  # batch, dim, L, N, groups, D, z, bias, softplus, B/C 3-D
     # N = 1 with whole 8-channel tiles per group: the transposed AVX2 path (float32)
     (2, 24, 1031, 1, 3, True, False, True, True, False),   # 3 time blocks, a 7-step tail
     (1, 16, 5, 1, 2, False, False, False, False, False),   # L < 8: the tail alone, no options
+    (2, 16, 1040, 1, 2, True, False, True, True, False),   # L % 16 == 0: outputs in streamed 64-byte lines
     (2, 32, 45, 1, 1, True, False, True, False, True),     # softplus off (δ·A of both signs), 3-D B/C
 ]
 
