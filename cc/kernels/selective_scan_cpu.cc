@@ -230,8 +230,8 @@ struct Args {
   const T* dout = nullptr;
   i64 do_sb = 0, do_sd = 0;
   const T* ckpt_in = nullptr;
-  // N = 1 AVX2 path (selective_scan_n1_avx2.h): δ and σ(raw δ) saved by the forward for the
-  // backward, batch·dim·L·2 floats; null: not saved. With ds_in the backward needs no delta.
+  // N = 1 AVX2 path (selective_scan_n1_avx2.h): softplus(δ) saved by the forward for the
+  // backward, batch·dim·L floats; null: not saved. With ds_in the backward needs no delta.
   T* ds_out = nullptr;
   const T* ds_in = nullptr;
   T* du = nullptr;          // (batch, dim, L)
@@ -877,7 +877,7 @@ VSSM_INLINE void backward_unit_impl(const Args<typename P::T>& p, i64 unit) {
   for (i64 c = c_begin; c < c_end; c += R) {
     if constexpr (std::is_same_v<P, F8>) {
 #ifdef VSSM_N1_PATH
-      if (p.ds_in) {  // the forward saved δ/σ: it ran the N = 1 path (run_backward checked)
+      if (p.ds_in) {  // the forward saved δ: it ran the N = 1 path (run_backward checked)
         n1::run_tile(p, b, g * cpg + c, dBp, dCp);
         continue;
       }
@@ -963,7 +963,7 @@ Args<T> make_args(const Dims& dm, bool softplus, i64 chunk, Ptr u, const Strides
              dm.groups);
   VSSM_CHECK(chunk >= 1, "chunk must be >= 1, got ", chunk);
   check_strides("u", us, 2);
-  if (delta) check_strides("delta", ds, 2);  // null: a backward from the saved δ/σ
+  if (delta) check_strides("delta", ds, 2);  // null: a backward from the saved δ
   check_strides("A", As, 2);
   check_strides("B", Bs, 3);
   check_strides("C", Cs, 3);
@@ -1008,14 +1008,14 @@ Args<T> make_args(const Dims& dm, bool softplus, i64 chunk, Ptr u, const Strides
   return p;
 }
 
-// The N = 1 path's saved δ/σ: only float32, only where that path runs.
+// The N = 1 path's saved δ: only float32, only where that path runs.
 inline void set_saved(Args<float>& p, Ptr saved, bool fwd) {
-  VSSM_CHECK(!saved || use_n1_path(p), "saved δ/σ belong to the N = 1 float32 path, which does not run here ",
+  VSSM_CHECK(!saved || use_n1_path(p), "saved δ belongs to the N = 1 float32 path, which does not run here ",
              "(n1_path() is False for these sizes, or set_n1_path() changed since the forward)");
   (fwd ? p.ds_out : const_cast<float*&>(p.ds_in)) = reinterpret_cast<float*>(saved);
 }
 inline void set_saved(Args<double>&, Ptr saved, bool) {
-  VSSM_CHECK(!saved, "saved δ/σ belong to the N = 1 float32 path; float64 has none");
+  VSSM_CHECK(!saved, "saved δ belongs to the N = 1 float32 path; float64 has none");
 }
 
 template <typename T>
@@ -1039,7 +1039,7 @@ void run_backward(Args<T>& p, Ptr dout, const Strides& dos, Ptr ckpt, Ptr saved,
                   int threads) {
   check_strides("dout", dos, 2);
   set_saved(p, saved, false);
-  VSSM_CHECK(p.delta || saved || p.batch * p.dim * p.L == 0, "delta (or the saved δ/σ) must be non-null");
+  VSSM_CHECK(p.delta || saved || p.batch * p.dim * p.L == 0, "delta (or the saved δ) must be non-null");
   VSSM_CHECK(slices >= 1 && slices <= std::max<i64>(1, p.cpg()), "slices must be in [1, dim/groups], got ",
              slices);
   VSSM_CHECK((dout && du && ddelta && dA_part && dB_part && dC_part) || p.batch * p.dim * p.L == 0,
@@ -1150,8 +1150,8 @@ PYBIND11_MODULE(selective_scan_cpu, m) {
         py::call_guard<py::gil_scoped_release>());
   m.def("max_threads", &visionssm::max_threads, "OpenMP threads available to kernels");
   m.def("n1_path", &n1_path_for,
-        "Whether float32 scans of these sizes run the N = 1 AVX2 path, whose forward can save δ/σ "
-        "(batch·dim·L·2 floats, argument `saved`) for a backward that then needs no delta",
+        "Whether float32 scans of these sizes run the N = 1 AVX2 path, whose forward can save "
+        "softplus(δ) (batch·dim·L floats, argument `saved`) for a backward that then needs no delta",
         py::arg("N"), py::arg("has_z"), py::arg("channels_per_group"));
   m.def(
       "set_n1_path",

@@ -59,6 +59,32 @@ VSSM_AVX2_INLINE v8 exp(v8 x) {
 // w = e^−|x|.
 VSSM_AVX2_INLINE v8 exp_neg_abs(v8 x) { return exp_nonpos(_mm256_or_ps(x, set1(-0.0f))); }
 
+// e^x − 1 for x <= 0 (NaN propagates; below −87: −1), accurate near 0: with the reduction of
+// exp_nonpos, e^r − 1 = r + r²·P(r) (no cancellation), then e^x − 1 = 2^k·(e^r − 1) + (2^k − 1).
+VSSM_AVX2_INLINE v8 expm1_nonpos(v8 x) {
+  x = _mm256_max_ps(set1(-87.0f), x);  // (max returns its second operand, x, for NaN)
+  const v8 k = _mm256_round_ps(_mm256_mul_ps(x, set1(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  v8 r = _mm256_fnmadd_ps(k, set1(0.693359375f), x);
+  r = _mm256_fnmadd_ps(k, set1(-2.12194440e-4f), r);
+  v8 p = _mm256_fmadd_ps(set1(1.9875691500e-4f), r, set1(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, set1(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, set1(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, set1(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, set1(5.0000001201e-1f));
+  const v8 em1r = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
+  const v8 scale = _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23));
+  return _mm256_fmadd_ps(scale, em1r, _mm256_sub_ps(scale, set1(1.0f)));
+}
+
+// softplus'(x) = σ(x) from δ = softplus(x) alone: e^δ = 1 + e^x, so σ(x) = e^x/(1 + e^x) = 1 − e^−δ
+// (also for x > 20, where δ = x and 1 − e^−x rounds to 1 like σ).
+VSSM_AVX2_INLINE v8 sigmoid_from_softplus(v8 dt) {
+  const v8 sign = set1(-0.0f);
+  return _mm256_xor_ps(expm1_nonpos(_mm256_xor_ps(dt, sign)), sign);
+}
+
 // softplus(x) = max(x,0) + log1p(w) as F8::softplus_w (x above 20: x itself).
 VSSM_AVX2_INLINE v8 softplus_w(v8 x, v8 w) {
   const v8 s = _mm256_div_ps(w, _mm256_add_ps(w, set1(2.0f)));
@@ -235,10 +261,11 @@ VSSM_AVX2_INLINE void discretize(const Tile& k, v8 (&X)[8], v8 (&Ea)[8], v8* sig
   for (int j = 0; j < 8; ++j) Ea[j] = exp<kNonPos>(_mm256_mul_ps(X[j], k.A));
 }
 
-// δ and σ(raw δ) saved by the forward for the backward (when a graph is built), so that the
-// backward skips e^−|x|, softplus and σ and reads one stream instead of transposing δ: per tile
-// (index (b·dim + d0)/8), per step t, 16 floats: δ of the 8 lanes, then σ of the 8 lanes.
-constexpr i64 kSaved = 16;
+// δ (after softplus) saved by the forward for the backward (when a graph is built), so that the
+// backward skips e^−|x| and softplus (σ = 1 − e^−δ is cheaper) and reads one stream instead of
+// transposing δ: per tile (index (b·dim + d0)/8), per step t, the 8 lanes' δ. (Saving σ too was
+// measured slower: both passes are close to memory-bound.)
+constexpr i64 kSaved = 8;
 
 VSSM_AVX2_INLINE float* saved_tile(float* base, const Args<float>& p, i64 b, i64 d0) {
   return base + (b * p.dim + d0) / 8 * p.L * kSaved;
@@ -246,21 +273,17 @@ VSSM_AVX2_INLINE float* saved_tile(float* base, const Args<float>& p, i64 b, i64
 
 // One 8-step block of the forward: δ and u rows at dl/u (strides), y rows at y (stride ys); B, C
 // the block's 8 values; h the state in/out; n (<= 8) steps advance h; ds (kSave) the block's
-// saved δ/σ (8 steps × 16 floats).
+// saved δ (8 steps × 8 lanes).
 template <bool kSoftplus, bool kNonPos, bool kSave>
 VSSM_AVX2_INLINE void forward_block(const Tile& k, const float* dl, i64 dls, const float* u, i64 us,
                                     const float* B, const float* C, float* y, i64 ys, float* ds, i64 n,
                                     v8& h) {
-  v8 X[8], U[8], Ea[8], Sg[8];
+  v8 X[8], U[8], Ea[8];
   load_t(dl, dls, X);
   load_t(u, us, U);
-  discretize<kSoftplus, kNonPos>(k, X, Ea, kSave && kSoftplus ? Sg : nullptr);
-  if constexpr (kSave) {
-    for (int j = 0; j < 8; ++j) {
-      _mm256_stream_ps(ds + kSaved * j, X[j]);  // streaming: read much later, no read-for-ownership
-      _mm256_stream_ps(ds + kSaved * j + 8, kSoftplus ? Sg[j] : set1(1.0f));
-    }
-  }
+  discretize<kSoftplus, kNonPos>(k, X, Ea, nullptr);
+  if constexpr (kSave)  // streaming: read much later, no read-for-ownership
+    for (int j = 0; j < 8; ++j) _mm256_stream_ps(ds + kSaved * j, X[j]);
   for (int j = 0; j < 8; ++j) X[j] = _mm256_mul_ps(_mm256_mul_ps(X[j], U[j]), _mm256_broadcast_ss(B + j));
   for (int j = 0; j < n; ++j) X[j] = h = _mm256_fmadd_ps(Ea[j], h, X[j]);
   for (int j = 0; j < 8; ++j) X[j] = _mm256_fmadd_ps(X[j], _mm256_broadcast_ss(C + j), _mm256_mul_ps(k.D, U[j]));
@@ -314,7 +337,7 @@ struct BackCarry {
   v8 accA, accD, accBias;
 };
 
-// Per step of a time block: the saved δ/σ (ds, kSaved floats per step), and, recomputed from
+// Per step of a time block: the saved δ (ds, kSaved floats per step), and, recomputed from
 // the block's checkpoint, exp(δA), h_{t−1} and u (one vector each).
 struct BlockBuf {
   v8 *a, *hp, *u;
@@ -340,15 +363,18 @@ VSSM_AVX2_INLINE void recompute_block(const Tile& k, const float* u, i64 us, con
 }
 
 // Reverse walk over one 8-step block: dout rows at dout (stride dos) in; du, ddelta rows out
-// (strides dus, dds); dB/dC (the block's 8 entries) accumulated; ds the block's saved δ/σ.
+// (strides dus, dds); dB/dC (the block's 8 entries) accumulated; ds the block's saved δ.
+template <bool kSoftplus>
 VSSM_AVX2_INLINE void reverse_block(const Tile& k, const float* dout, i64 dos, const float* B, const float* C,
                                     const float* ds, float* du, i64 dus, float* ddl, i64 dds, float* dB,
                                     float* dC, i64 n, const BlockBuf& bb, i64 s0, BackCarry& c) {
   const v8* a = bb.a + s0;
   const v8* uu = bb.u + s0;
   const v8* hp = bb.hp + s0;
-  v8 DY[8], G[8], DD[8], dBv[8], dCv[8];
+  v8 DY[8], G[8], DD[8], dBv[8], dCv[8], SG[8];
   load_t(dout, dos, DY);
+  if constexpr (kSoftplus)
+    for (int j = 0; j < 8; ++j) SG[j] = sigmoid_from_softplus(ld(ds + kSaved * j));
   for (int j = 0; j < 8; ++j) G[j] = _mm256_mul_ps(DY[j], _mm256_broadcast_ss(C + j));
   for (int j = static_cast<int>(n) - 1; j >= 0; --j) {  // g_t = C_t·dy_t + exp(δ_{t+1}A)·g_{t+1}
     G[j] = c.gnext = _mm256_fmadd_ps(c.anext, c.gnext, G[j]);
@@ -363,7 +389,8 @@ VSSM_AVX2_INLINE void reverse_block(const Tile& k, const float* dout, i64 dos, c
     const v8 gd = _mm256_mul_ps(G[j], dt);
     dCv[j] = _mm256_mul_ps(DY[j], _mm256_fmadd_ps(dt, ub, ah));  // dy·h_t
     dBv[j] = _mm256_mul_ps(gd, uu[j]);
-    DD[j] = _mm256_mul_ps(_mm256_mul_ps(G[j], _mm256_fmadd_ps(k.A, ah, ub)), ld(ds + kSaved * j + 8));  // ·σ
+    DD[j] = _mm256_mul_ps(G[j], _mm256_fmadd_ps(k.A, ah, ub));
+    if constexpr (kSoftplus) DD[j] = _mm256_mul_ps(DD[j], SG[j]);
     c.accA = _mm256_fmadd_ps(gd, ah, c.accA);
     c.accD = _mm256_fmadd_ps(DY[j], uu[j], c.accD);
     DY[j] = _mm256_fmadd_ps(k.D, DY[j], _mm256_mul_ps(gd, Bj));  // du
@@ -377,8 +404,8 @@ VSSM_AVX2_INLINE void reverse_block(const Tile& k, const float* dout, i64 dos, c
 
 // Backward for channels d0 .. d0+7 of batch b; dB/dC accumulate into dBp/dCp (length L). Time
 // blocks of `chunk` steps (a multiple of 8), last to first: recompute the block from its
-// checkpoint and the saved δ/σ into per-thread buffers, then walk it backwards.
-template <bool kNonPos>
+// checkpoint and the saved δ into per-thread buffers, then walk it backwards.
+template <bool kSoftplus, bool kNonPos>
 VSSM_AVX2 void backward_tile(const Args<float>& p, i64 b, i64 d0, float* dBp, float* dCp) {
   const i64 L = p.L, g = d0 / p.cpg(), nblk = p.nblk(), chunk = p.chunk, row0 = b * p.dim + d0;
   const float* u = p.urow(b, d0);
@@ -391,14 +418,14 @@ VSSM_AVX2 void backward_tile(const Args<float>& p, i64 b, i64 d0, float* dBp, fl
   const Tile k = tile(p, d0);
   float* raw = scratch<float>(static_cast<size_t>(3 * 8 * chunk + 8 * kSaved + 8));
   v8* buf = reinterpret_cast<v8*>((reinterpret_cast<std::uintptr_t>(raw) + 31) & ~std::uintptr_t(31));
-  float* tail_ds = reinterpret_cast<float*>(buf + 3 * chunk);  // a partial last block's δ/σ, zero-padded
+  float* tail_ds = reinterpret_cast<float*>(buf + 3 * chunk);  // a partial last block's δ, zero-padded
   const v8 zero = _mm256_setzero_ps();
   BackCarry c{zero, zero, zero, zero, zero};
   LineWriter duw(du, L), ddw(ddl, L);
   for (i64 blk = nblk - 1; blk >= 0; --blk) {
     const i64 tb = blk * chunk, len = std::min(chunk, L - tb);
     const BlockBuf bb{buf, buf + chunk, buf + 2 * chunk};
-    // δ/σ are read in place, except for a partial last 8 steps (8 would read past L): a copy.
+    // δ is read in place, except for a partial last 8 steps (8 would read past L): a copy.
     if (len % 8) {
       std::fill(tail_ds, tail_ds + 8 * kSaved, 0.f);
       std::copy(ds + (tb + len / 8 * 8) * kSaved, ds + (tb + len) * kSaved, tail_ds);
@@ -421,7 +448,7 @@ VSSM_AVX2 void backward_tile(const Args<float>& p, i64 b, i64 d0, float* dBp, fl
         i64 us_, ds_;
         float* dud = duw.dest(t0, &us_);
         float* ddd = ddw.dest(t0, &ds_);
-        reverse_block(k, dout + t0, p.do_sd, Bt + t0, Ct + t0, ds + t0 * kSaved, dud, us_, ddd, ds_, dBp + t0,
+        reverse_block<kSoftplus>(k, dout + t0, p.do_sd, Bt + t0, Ct + t0, ds + t0 * kSaved, dud, us_, ddd, ds_, dBp + t0,
                       dCp + t0, 8, bb, s0, c);
         duw.done(t0);
         ddw.done(t0);
@@ -432,7 +459,7 @@ VSSM_AVX2 void backward_tile(const Args<float>& p, i64 b, i64 d0, float* dBp, fl
           bc[j] = Bt[t0 + j];
           bc[8 + j] = Ct[t0 + j];
         }
-        reverse_block(k, tdy.in(dout + t0, p.do_sd, n), 8, bc, bc + 8, tail_ds, tdu.buf, 8, tdd.buf, 8, dbc,
+        reverse_block<kSoftplus>(k, tdy.in(dout + t0, p.do_sd, n), 8, bc, bc + 8, tail_ds, tdu.buf, 8, tdd.buf, 8, dbc,
                       dbc + 8, n, bb, s0, c);
         tdu.out(du + t0, L, n);
         tdd.out(ddl + t0, L, n);
@@ -460,12 +487,9 @@ inline bool cpu_ok() {
 inline void run_tile(const Args<float>& p, i64 b, i64 d0, float* dBp, float* dCp) {
   bool nonpos = p.softplus;
   for (int r = 0; r < 8 && nonpos; ++r) nonpos = p.A[(d0 + r) * p.A_sd] <= 0.f;
-  if (dBp) {
-    nonpos ? backward_tile<true>(p, b, d0, dBp, dCp) : backward_tile<false>(p, b, d0, dBp, dCp);
-    return;
-  }
-#define VSSM_N1(SP, NP) \
-  p.ds_out ? forward_tile<SP, NP, true>(p, b, d0) : forward_tile<SP, NP, false>(p, b, d0)
+#define VSSM_N1(SP, NP)                                                                         \
+  dBp ? backward_tile<SP, NP>(p, b, d0, dBp, dCp)                                                \
+      : (p.ds_out ? forward_tile<SP, NP, true>(p, b, d0) : forward_tile<SP, NP, false>(p, b, d0))
   if (nonpos) VSSM_N1(true, true);
   else if (p.softplus) VSSM_N1(true, false);
   else VSSM_N1(false, false);

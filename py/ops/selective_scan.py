@@ -103,9 +103,8 @@ class SelectiveScanCpuFn(torch.autograd.Function):
     z, B, C have unit stride on their last (time) axis. Returns (y, last_state or None).
 
     Saved for the backward: the inputs, and the state every `chunk` steps. On the float32 N = 1 path
-    (VMamba; `n1_path()` of the extension) the forward also saves softplus(δ) and its derivative
-    (2 floats per element) in place of delta, which spares the backward that math (~6% of a
-    forward+backward at the VMamba-T stage-1 shape) for one extra activation of memory."""
+    (VMamba; `n1_path()` of the extension) the forward saves softplus(δ) in place of delta, which
+    spares the backward that math."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, save=True):
@@ -120,10 +119,10 @@ class SelectiveScanCpuFn(torch.autograd.Function):
         y = torch.empty(batch, dim, L, dtype=u.dtype)
         last = torch.empty(batch, dim, N, dtype=u.dtype) if return_last_state else None
         ckpt = torch.empty(batch, dim, nblk, N, dtype=u.dtype) if needs_grad and nblk > 1 else None
-        # The N = 1 float32 path saves softplus(δ) and its derivative for the backward (2 floats per
-        # element, replacing delta among the saved tensors): the backward then skips that math.
+        # The N = 1 float32 path saves softplus(δ) for the backward (replacing delta among the saved
+        # tensors): the backward then skips that math.
         n1 = needs_grad and u.dtype == torch.float32 and mod.n1_path(N, z is not None, dim // B.shape[1])
-        saved = torch.empty(batch * dim * L * 2, dtype=u.dtype) if n1 else None
+        saved = torch.empty(batch * dim * L, dtype=u.dtype) if n1 else None
         args = _kernel_common(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk)
         mod.forward(**args, y=y.data_ptr(), last_state=_ptr(last), ckpt=_ptr(ckpt), saved=_ptr(saved),
                     threads=torch.get_num_threads())

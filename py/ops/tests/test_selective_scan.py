@@ -155,8 +155,24 @@ def test_n1_path_matches_the_general_path():
         assert rel_err(gf[k], gg[k]) < 1e-5, k
 
 
+def test_n1_path_delta_gradient_is_relatively_accurate_for_tiny_and_large_softplus():
+    """The N = 1 backward gets softplus'(x) = σ(x) from the saved δ = softplus(x) as 1 − e^−δ; that
+    must keep full relative accuracy where σ is tiny (x = −30: σ ≈ 1e-13) and round to 1 above 20."""
+    L = 64
+    inp = make(1, 8, L, 1, 1, seed=5)
+    inp["delta"] = torch.linspace(-30.0, 25.0, L, dtype=torch.float64).expand(1, 8, L).contiguous()
+    inp["delta_bias"] = None
+    gy = torch.randn(1, 8, L, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    run = lambda x: selective_scan(**x, delta_softplus=True, backend="cpu")
+    _, want = grads_of(lambda x: selective_scan(**x, delta_softplus=True, backend="reference"), inp, gy)
+    _, got = grads_of(run, {k: None if v is None else v.float() for k, v in inp.items()}, gy)
+    # elementwise relative (values down to ~1e-13); the general path's float32 rounding in the other
+    # factor of ddelta already reaches ~3e-5 on one element here
+    torch.testing.assert_close(got["delta"].double(), want["delta"], rtol=1e-4, atol=1e-30)
+
+
 def test_n1_path_switched_off_between_forward_and_backward_is_an_error():
-    """The N = 1 forward saves softplus(δ) and σ instead of delta; a backward that cannot use them
+    """The N = 1 forward saves softplus(δ) instead of delta; a backward that cannot use it
     must say so rather than read garbage."""
     mod = _native.require("selective_scan_cpu")
     if not mod.n1_path(1, False, 8):
