@@ -29,9 +29,10 @@ VSSM_AVX2_INLINE v8 set1(float x) { return _mm256_set1_ps(x); }
 VSSM_AVX2_INLINE v8 ld(const float* p) { return _mm256_loadu_ps(p); }
 VSSM_AVX2_INLINE void st(float* p, v8 v) { _mm256_storeu_ps(p, v); }
 
-// e^x for x <= 0 (NaN propagates). Range reduction and polynomial as F8::exp (~1 ulp);
-// results below e^−86.5 (~2.6e-38) flush to 0 so that no subnormal is formed.
-VSSM_AVX2_INLINE v8 exp_nonpos(v8 x) {
+// x = k·ln2 + r, |r| <= ln2/2 (ln2 in two parts); returns e^r − 1 = r + r²·P(r) (Cephes expf
+// coefficients, as F8::exp: ~1 ulp) and 2^k as a float (k >= −126, i.e. x >= ~−87.3, for it to be
+// valid).
+VSSM_AVX2_INLINE v8 expm1_reduced(v8 x, v8* two_k) {
   const v8 k = _mm256_round_ps(_mm256_mul_ps(x, set1(1.44269504088896341f)),
                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   v8 r = _mm256_fnmadd_ps(k, set1(0.693359375f), x);
@@ -41,9 +42,17 @@ VSSM_AVX2_INLINE v8 exp_nonpos(v8 x) {
   p = _mm256_fmadd_ps(p, r, set1(4.1665795894e-2f));
   p = _mm256_fmadd_ps(p, r, set1(1.6666665459e-1f));
   p = _mm256_fmadd_ps(p, r, set1(5.0000001201e-1f));
-  p = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), set1(1.0f));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
-  const v8 res = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+  *two_k = _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23));
+  return _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
+}
+
+// e^x for x <= 0 (NaN propagates); results below e^−86.5 (~2.6e-38) flush to 0 so that no
+// subnormal is formed (below ~−87.3 expm1_reduced's 2^k is garbage: masked as well).
+VSSM_AVX2_INLINE v8 exp_nonpos(v8 x) {
+  v8 two_k;
+  const v8 em1 = expm1_reduced(x, &two_k);
+  const v8 res = _mm256_mul_ps(_mm256_add_ps(em1, set1(1.0f)), two_k);
   return _mm256_andnot_ps(_mm256_cmp_ps(x, set1(-86.5f), _CMP_LT_OQ), res);  // (NaN: kept)
 }
 
@@ -59,23 +68,13 @@ VSSM_AVX2_INLINE v8 exp(v8 x) {
 // w = e^−|x|.
 VSSM_AVX2_INLINE v8 exp_neg_abs(v8 x) { return exp_nonpos(_mm256_or_ps(x, set1(-0.0f))); }
 
-// e^x − 1 for x <= 0 (NaN propagates; below −87: −1), accurate near 0: with the reduction of
-// exp_nonpos, e^r − 1 = r + r²·P(r) (no cancellation), then e^x − 1 = 2^k·(e^r − 1) + (2^k − 1).
+// e^x − 1 for x <= 0 (NaN propagates; below −87: −1), accurate near 0: 2^k·(e^r − 1) + (2^k − 1),
+// where e^r − 1 has no cancellation.
 VSSM_AVX2_INLINE v8 expm1_nonpos(v8 x) {
   x = _mm256_max_ps(set1(-87.0f), x);  // (max returns its second operand, x, for NaN)
-  const v8 k = _mm256_round_ps(_mm256_mul_ps(x, set1(1.44269504088896341f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  v8 r = _mm256_fnmadd_ps(k, set1(0.693359375f), x);
-  r = _mm256_fnmadd_ps(k, set1(-2.12194440e-4f), r);
-  v8 p = _mm256_fmadd_ps(set1(1.9875691500e-4f), r, set1(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, set1(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, set1(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, set1(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, set1(5.0000001201e-1f));
-  const v8 em1r = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
-  const v8 scale = _mm256_castsi256_ps(
-      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23));
-  return _mm256_fmadd_ps(scale, em1r, _mm256_sub_ps(scale, set1(1.0f)));
+  v8 two_k;
+  const v8 em1 = expm1_reduced(x, &two_k);
+  return _mm256_fmadd_ps(two_k, em1, _mm256_sub_ps(two_k, set1(1.0f)));
 }
 
 // softplus'(x) = σ(x) from δ = softplus(x) alone: e^δ = 1 + e^x, so σ(x) = e^x/(1 + e^x) = 1 − e^−δ
