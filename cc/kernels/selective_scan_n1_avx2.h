@@ -13,7 +13,10 @@
 // At N = 1 the time goes into the math itself (e^−|x|, softplus, exp(δA) per element), so the
 // path is written with AVX2 intrinsics (vmaxps/vminps clamps, vroundps, vblendvps) in functions
 // compiled for AVX2+FMA and picked at run time; other CPUs (and z, or N > 1) take the general path.
-// set_n1_path(False) (module function) turns the path off, for tests and comparisons.
+// When a graph is built the forward saves softplus(δ) (the `saved` buffer, in place of delta), so
+// the backward computes only exp(δA) and σ = 1 − e^−δ. y, du, ddelta and the saved δ are written
+// in whole 64-byte lines with streaming stores (LineWriter). set_n1_path(False) (module function)
+// turns the path off, for tests and comparisons.
 #pragma once
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(VSSM_NO_N1_PATH)
