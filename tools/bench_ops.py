@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from py.ops import cpu_allocator
+from py.ops import _native, cpu_allocator
 
 # The op modules (py.ops exports functions of the same names).
 cs_ops = importlib.import_module("py.ops.cross_scan")
@@ -136,6 +136,16 @@ def bench_selective_scan(table, args, dev, sync, bw, name, batch, groups, dim_pe
     f = measure(call(backend), args.repeat, sync)
     fb = measure(fwd_bwd(call(backend), tensors), args.repeat, sync)
     table.add("selective_scan", shape, f"**{backend} kernel**", f, fb, floor_fwd, floor_fb, anchor_f, anchor_fb)
+    mod = _native.require("selective_scan_cpu") if backend == "cpu" else None
+    if mod is not None and mod.n1_path(N, False, dim_per_group):  # the same kernel without its N = 1 path
+        mod.set_n1_path(False)
+        try:
+            f = measure(call(backend), args.repeat, sync)
+            fb = measure(fwd_bwd(call(backend), tensors), args.repeat, sync)
+        finally:
+            mod.set_n1_path(True)
+        table.add("selective_scan", shape, "cpu kernel, general path (N = 1 path off)", f, fb, floor_fwd, floor_fb,
+                  anchor_f, anchor_fb)
 
 
 def bench_ssd(table, args, dev, sync, bw, batch, L, heads, headdim, N, chunk, causal):

@@ -1030,6 +1030,7 @@ void run_forward(Args<T>& p, Ptr y, Ptr last, Ptr ckpt, Ptr saved, int threads) 
   const i64 units = p.batch * ((p.dim + R - 1) / R);
   const Args<T>& cp = p;
   advise_huge_pages(p.y, p.batch * p.dim * p.L * static_cast<i64>(sizeof(T)));
+  advise_huge_pages(p.ds_out, p.batch * p.dim * p.L * static_cast<i64>(sizeof(T)));
   run_units(units, threads, [&](i64 i) { run_unit(cp, i, true); });
 }
 
