@@ -26,6 +26,14 @@ def init_distributed(device_kind):
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
 
 
+def shutdown_distributed():
+    """Leaves the process group, if any. Without it the group is torn down during interpreter exit,
+    where gloo's threads can abort the process ("terminate called without an active exception")
+    after training has finished."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def all_reduce_sum(values, device):
     """Sums a list of floats across ranks (identity without a process group)."""
     if not (dist.is_available() and dist.is_initialized()):

@@ -364,6 +364,8 @@ def main(argv):
     except engine.NonFiniteLoss as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(3)
+    finally:
+        engine.shutdown_distributed()
 
 
 def run():
