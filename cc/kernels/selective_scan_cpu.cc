@@ -1012,7 +1012,10 @@ Args<T> make_args(const Dims& dm, bool softplus, i64 chunk, Ptr u, const Strides
 inline void set_saved(Args<float>& p, Ptr saved, bool fwd) {
   VSSM_CHECK(!saved || use_n1_path(p), "saved δ belongs to the N = 1 float32 path, which does not run here ",
              "(n1_path() is False for these sizes, or set_n1_path() changed since the forward)");
-  (fwd ? p.ds_out : const_cast<float*&>(p.ds_in)) = reinterpret_cast<float*>(saved);
+  if (fwd)
+    p.ds_out = reinterpret_cast<float*>(saved);
+  else
+    p.ds_in = reinterpret_cast<const float*>(saved);
 }
 inline void set_saved(Args<double>&, Ptr saved, bool) {
   VSSM_CHECK(!saved, "saved δ belongs to the N = 1 float32 path; float64 has none");

@@ -100,12 +100,6 @@ VSSM_AVX2_INLINE v8 softplus_w(v8 x, v8 w) {
   return _mm256_blendv_ps(res, x, _mm256_cmp_ps(x, set1(20.0f), _CMP_GT_OQ));
 }
 
-// σ(x) = (x >= 0 ? 1 : w) / (1 + w).
-VSSM_AVX2_INLINE v8 sigmoid_w(v8 x, v8 w) {
-  const v8 num = _mm256_blendv_ps(w, set1(1.0f), _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GE_OQ));
-  return _mm256_div_ps(num, _mm256_add_ps(w, set1(1.0f)));
-}
-
 // 8×8 transpose in registers: v[r][j] -> v[j][r].
 VSSM_AVX2_INLINE void transpose(v8 (&v)[8]) {
   const v8 t0 = _mm256_unpacklo_ps(v[0], v[1]), t1 = _mm256_unpackhi_ps(v[0], v[1]);
@@ -249,15 +243,13 @@ VSSM_AVX2_INLINE Tile tile(const Args<float>& p, i64 d0) {
   return k;
 }
 
-// X: raw δ in, δ out; Ea: exp(δ·A); sig (if given, softplus only): σ(raw δ).
+// X: raw δ in, δ out; Ea: exp(δ·A).
 template <bool kSoftplus, bool kNonPos>
-VSSM_AVX2_INLINE void discretize(const Tile& k, v8 (&X)[8], v8 (&Ea)[8], v8* sig) {
+VSSM_AVX2_INLINE void discretize(const Tile& k, v8 (&X)[8], v8 (&Ea)[8]) {
   for (int j = 0; j < 8; ++j) X[j] = _mm256_add_ps(X[j], k.bias);
   if constexpr (kSoftplus) {
     v8 W[8];
     for (int j = 0; j < 8; ++j) W[j] = exp_neg_abs(X[j]);
-    if (sig)
-      for (int j = 0; j < 8; ++j) sig[j] = sigmoid_w(X[j], W[j]);
     for (int j = 0; j < 8; ++j) X[j] = softplus_w(X[j], W[j]);
   }
   for (int j = 0; j < 8; ++j) Ea[j] = exp<kNonPos>(_mm256_mul_ps(X[j], k.A));
@@ -269,7 +261,8 @@ VSSM_AVX2_INLINE void discretize(const Tile& k, v8 (&X)[8], v8 (&Ea)[8], v8* sig
 // measured slower: both passes are close to memory-bound.)
 constexpr i64 kSaved = 8;
 
-VSSM_AVX2_INLINE float* saved_tile(float* base, const Args<float>& p, i64 b, i64 d0) {
+template <typename F>  // float or const float
+VSSM_AVX2_INLINE F* saved_tile(F* base, const Args<float>& p, i64 b, i64 d0) {
   return base + (b * p.dim + d0) / 8 * p.L * kSaved;
 }
 
@@ -283,7 +276,7 @@ VSSM_AVX2_INLINE void forward_block(const Tile& k, const float* dl, i64 dls, con
   v8 X[8], U[8], Ea[8];
   load_t(dl, dls, X);
   load_t(u, us, U);
-  discretize<kSoftplus, kNonPos>(k, X, Ea, nullptr);
+  discretize<kSoftplus, kNonPos>(k, X, Ea);
   if constexpr (kSave)  // streaming: read much later, no read-for-ownership
     for (int j = 0; j < 8; ++j) _mm256_stream_ps(ds + kSaved * j, X[j]);
   for (int j = 0; j < 8; ++j) X[j] = _mm256_mul_ps(_mm256_mul_ps(X[j], U[j]), _mm256_broadcast_ss(B + j));
@@ -414,7 +407,7 @@ VSSM_AVX2 void backward_tile(const Args<float>& p, i64 b, i64 d0, float* dBp, fl
   const float* dout = p.dout + b * p.do_sb + d0 * p.do_sd;
   const float* Bt = p.Brow(b, g, 0);
   const float* Ct = p.Crow(b, g, 0);
-  const float* ds = saved_tile(const_cast<float*>(p.ds_in), p, b, d0);
+  const float* ds = saved_tile(p.ds_in, p, b, d0);
   float* du = p.du + row0 * L;
   float* ddl = p.ddelta + row0 * L;
   const Tile k = tile(p, d0);

@@ -1,10 +1,6 @@
 """Hidden attention: the materialised matrices reproduce the ops' outputs; the CLI writes its files."""
 import importlib
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,11 +9,11 @@ from PIL import Image
 
 import py.models as models
 from py.eval import attention_maps as am
+from py.eval.tests.cli import assert_usage_error, run_tool
 from py.ops.cross_scan import cross_merge_reference
 
 SS = importlib.import_module("py.ops.selective_scan")  # py.ops exports functions of the same names
 SSD = importlib.import_module("py.ops.ssd")
-ROOT = pathlib.Path(__file__).resolve().parents[3]
 F64 = torch.float64
 TOL = 1e-11
 
@@ -202,10 +198,7 @@ def test_token_helpers_skip_the_class_token():
 
 
 def cli(tmp_path, *args):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + sys.path))
-    env.pop("VISIONSSM_CALLER_DIR", None)
-    return subprocess.run([sys.executable, "-m", "py.eval.attention", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return run_tool("py.eval.attention", tmp_path, *args)
 
 
 def assert_png(path):
@@ -260,11 +253,7 @@ def test_cli_ssd_model_on_an_image_file_one_channel(tmp_path):
     (["--model=vim_mnist", "--output=o", "--bogus=1"], "bogus"),
 ])
 def test_cli_bad_flags_exit_2_with_one_line(tmp_path, args, message):
-    res = cli(tmp_path, *args)
-    assert res.returncode == 2, res.stderr[-2000:]
-    errors = [l for l in res.stderr.splitlines() if l.startswith("error:")]
-    assert len(errors) == 1 and message in errors[0], res.stderr[-2000:]
-    assert not (tmp_path / "o").exists()
+    assert_usage_error(cli(tmp_path, *args), message, tmp_path / "o")
 
 
 def test_bad_settings_are_usage_errors(tmp_path):

@@ -1,9 +1,5 @@
 """ERF: exact receptive fields of known modules, feature maps of every family, stats, the CLI."""
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,8 +9,7 @@ from PIL import Image
 
 import py.models as models
 from py.eval import erf
-
-ROOT = pathlib.Path(__file__).resolve().parents[3]
+from py.eval.tests.cli import assert_usage_error, run_tool
 
 
 def apply(model, x):
@@ -98,10 +93,7 @@ def test_stats_of_known_maps():
 
 
 def cli(tmp_path, *args):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + sys.path))
-    env.pop("VISIONSSM_CALLER_DIR", None)
-    return subprocess.run([sys.executable, "-m", "py.eval.erf", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return run_tool("py.eval.erf", tmp_path, *args)
 
 
 def check_outputs(out, size):
@@ -140,11 +132,7 @@ def test_cli_vmamba_on_random_images(tmp_path):
     (["--model=vim_mnist", "--output=o", "--inputs=webcam"], "inputs"),
 ])
 def test_cli_bad_flags_exit_2_with_one_line(tmp_path, args, message):
-    res = cli(tmp_path, *args)
-    assert res.returncode == 2, res.stderr[-2000:]
-    errors = [l for l in res.stderr.splitlines() if l.startswith("error:")]
-    assert len(errors) == 1 and message in errors[0], res.stderr[-2000:]
-    assert not (tmp_path / "o").exists()
+    assert_usage_error(cli(tmp_path, *args), message, tmp_path / "o")
 
 
 def test_bad_settings_are_usage_errors():
