@@ -236,6 +236,7 @@ def define_flags():
     flags.DEFINE_enum("dtype", "float64", ["float64", "float32"], "precision of the forward pass")
     flags.DEFINE_integer("seed", 0, "seed of the random weights and the random image")
     flags.DEFINE_integer("threads", 0, "CPU threads for torch (0: torch's default)")
+    common.define_weights_flags()
 
 
 def main():

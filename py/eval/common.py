@@ -1,11 +1,10 @@
 """Helpers shared by the eval tools: flag parsing (exit code 2), paths, device choice, model loading.
 
 A model comes from a trainer run (runs/<name>/, its checkpoints/ or one checkpoints/step_*/ directory,
-whose state.pt holds the run's resolved config) or from a single weights file plus a model name.
+with the run's resolved config in config.json) or from a single weights file plus a model name; both
+are read by py.models.weights.
 Results are written with py.training.checkpoint.write_json (temp file + fsync + rename).
 """
-import json
-import pathlib
 import sys
 
 import torch
@@ -13,7 +12,6 @@ from absl import flags
 
 import py.models as models
 from py.models import registry
-from py.training import checkpoint
 from py.training.paths import caller_path
 
 
@@ -75,69 +73,36 @@ def build_model(name, num_classes, img_size, in_chans=None, model_kwargs=None):
         raise UsageError(f"cannot build --model={name} with img_size={img_size}, {kwargs}: {exc}")
 
 
+def define_weights_flags(choices=("model", "ema"), default="model"):
+    """--weights and --trust_pickle, for tools that read a --checkpoint (call before parsing)."""
+    flags.DEFINE_enum("weights", default, list(choices), "which weights of the checkpoint: model (the trained "
+                      "weights) or ema (their exponential moving average)" + (", or all of them" if "all" in choices
+                                                                              else ""))
+    flags.DEFINE_bool("trust_pickle", False, "allow unpickling --checkpoint if it is a torch file that the safe "
+                      "loader refuses (pickles can run code: only for files you trust)")
+
+
 def load_weights(path):
-    """Weights named by --checkpoint: (run config or None, {label: state_dict}, step or None, source).
+    """Weights named by --checkpoint, read through py.models.weights (never unpickled unless
+    --trust_pickle): (run config or None, {label: state_dict}, step or None, source).
 
-    Labels are "model" and "ema" for trainer checkpoints; a single file gets its stem as label when
-    that is model/ema (e.g. checkpoints/step_*/ema.safetensors), else "weights".
-    """
+    Labels are "model" and "ema" (an official file's "model_ema"); a run directory gives its newest
+    checkpoint whose checksums verify, and its config."""
+    from py.models import weights
     path = caller_path(path)
-    if not path.exists():
-        raise UsageError(f"--checkpoint {path} does not exist")
-    if path.is_file():
-        return _load_file(path)
-    if (path / "model.safetensors").is_file():
-        found, states = path, checkpoint.load(path)
-    else:
-        root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-        found, states = checkpoint.find_resumable(root)
-        if states is None:
-            raise UsageError(f"--checkpoint {path}: no loadable checkpoint (expected a trainer run directory "
-                             "with checkpoints/step_*/model.safetensors and state.pt)")
-    model_state, ema_state, train_state = states
-    cfg = train_state.get("config") if isinstance(train_state, dict) else None
-    cfg = cfg or _run_config_near(found)
-    weights = {"model": model_state}
-    if ema_state is not None:
-        weights["ema"] = ema_state
-    step = train_state.get("global_step") if isinstance(train_state, dict) else None
-    return cfg, weights, step, str(found)
-
-
-def _run_config_near(step_dir):
-    """<run>/config.json for <run>/checkpoints/step_*/, when state.pt lacks the config."""
-    candidate = pathlib.Path(step_dir).parent.parent / "config.json"
-    return json.loads(candidate.read_text()) if candidate.is_file() else None
-
-
-def _load_file(path):
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        state = load_file(str(path))
-    else:
-        try:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:  # pickle errors come in many types
-            raise UsageError(f"--checkpoint {path} is not a loadable torch file: {exc}".splitlines()[0])
-        for key in ("model", "state_dict", "model_ema"):  # common wrappers (DeiT/timm style)
-            if isinstance(state, dict) and isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UsageError(f"--checkpoint {path} does not hold a state dict of tensors")
-    sibling = path.parent / "state.pt"  # a file inside a trainer checkpoint: its run config applies
-    cfg = None
-    if sibling.is_file():
-        cfg = torch.load(str(sibling), map_location="cpu", weights_only=False).get("config")
-    label = path.stem if path.stem in ("model", "ema") else "weights"
-    return cfg, {label: state}, None, str(path)
+    trust = bool(flags.FLAGS["trust_pickle"].value) if "trust_pickle" in flags.FLAGS else False
+    try:
+        ckpt = weights.read(path, trust_pickle=trust)
+    except weights.WeightsError as exc:
+        raise UsageError(f"--checkpoint: {exc}")
+    return ckpt.config, dict(ckpt.states), ckpt.step, ckpt.source
 
 
 def load_state(model, state, source):
-    """load_state_dict(strict) with a one-line error naming the source."""
+    """Converts (official layouts), validates and strictly loads `state`; one UsageError on failure."""
+    from py.models import weights
     try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        detail = " ".join(str(exc).split())
+        weights.load_state(model, state, adapt=False, source=source)
+    except weights.WeightsError as exc:
         raise UsageError(f"--checkpoint {source} does not fit the model (check --model, --model_kwargs, "
-                         f"--img_size, --in_chans): {detail[:400]}")
+                         f"--img_size, --in_chans): {exc}")

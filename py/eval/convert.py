@@ -4,15 +4,17 @@
     ./bazelw run //py/eval:convert -- --model=dyvm_vim_small --input=ours.safetensors --to=official \\
         --output=dyvm_official.pth
 
---to=ours (default): reads an official checkpoint (its "model_ema" or "model" state dict, see
---weights; "module." prefixes removed), converts it with py.models.interop, checks it against the
+--to=ours (default): reads an official checkpoint through py.models.weights (its "model" state
+dict, or "model_ema" with --weights=ema; "module." prefixes removed), converts it with
+py.models.interop, checks it against the
 model built from --model (and --num_classes/--img_size/--model_kwargs) and writes it in our layout
 (.safetensors, or a torch file for any other suffix).
 --to=official: reads one of our checkpoints, checks it the same way and writes the official layout,
 as {"model": state_dict} for a torch file (what the official loaders read) or plain .safetensors.
 
 Any mismatch (missing/unexpected keys, shapes) is reported in full, with exit code 2. Official
-training checkpoints may also pickle their config object; such files need --trust_pickle.
+training checkpoints may also pickle their config object, which the safe loader refuses; read such
+a file only if you trust it, with --trust_pickle.
 """
 import json
 import sys
@@ -28,11 +30,12 @@ flags.DEFINE_string("output", None, "where to write the converted weights (.safe
                     flag_values=FLAGS)
 flags.DEFINE_enum("to", "ours", ["ours", "official"], "direction: official -> ours, or ours -> official",
                   flag_values=FLAGS)
-flags.DEFINE_enum("weights", "auto", ["auto", "model", "model_ema", "state_dict"],
-                  "which state dict of a wrapped checkpoint: auto = model_ema if present, else model",
+flags.DEFINE_enum("weights", "model", ["model", "ema"],
+                  "which weights of the checkpoint: model (the trained weights; an official file's 'model' "
+                  "or 'state_dict') or ema (its 'model_ema', or a trainer run's ema.safetensors)",
                   flag_values=FLAGS)
-flags.DEFINE_bool("trust_pickle", False, "read torch files with full unpickling (weights_only=False); "
-                  "only for files you trust", flag_values=FLAGS)
+flags.DEFINE_bool("trust_pickle", False, "allow unpickling a torch file that the safe loader refuses "
+                  "(pickles can run code: only for files you trust)", flag_values=FLAGS)
 flags.DEFINE_integer("num_classes", None, "classifier size of the checkpoint (default: the model's own, "
                      "1000 for the ImageNet models)", flag_values=FLAGS)
 flags.DEFINE_integer("img_size", None, "input resolution the checkpoint was trained at (Vim/DyVM position "
@@ -80,12 +83,14 @@ def build_model(name, num_classes, img_size, model_kwargs_json):
         raise UsageError(f"cannot build --model={name} with {kwargs}: {exc}")
 
 
-def convert(name, input_path, output_path, to="ours", weights="auto", trust_pickle=False, num_classes=None,
+def convert(name, input_path, output_path, to="ours", weights="model", trust_pickle=False, num_classes=None,
             img_size=None, model_kwargs="{}"):
     """Converts input_path to output_path (see the module doc). Returns the written state dict."""
     from py.models import interop
+    from py.models import weights as weights_path
     model = build_model(name, num_classes, img_size, model_kwargs)
-    state = interop.read_checkpoint(input_path, weights=weights, trust_pickle=trust_pickle)
+    _, state = weights_path.read(input_path, trust_pickle=trust_pickle).select(weights)
+    weights_path.check_finite(state, str(input_path))
     cfg = model.default_cfg
     what = (f"--model={name} (num_classes={cfg['num_classes']}, img_size={tuple(cfg['input_size'][1:])}, "
             f"model_kwargs={model_kwargs})")

@@ -56,7 +56,12 @@ def load_model(name, checkpoint=None, model_kwargs=None, img_size=None, in_chans
         kwargs["keep_ratio"] = 1.0  # pruned tokens would leave holes in the token grid
     img_size = img_size or (run_cfg or {}).get("img_size") or reg["input_size"][-1]
     in_chans = in_chans or (run_cfg or {}).get("in_chans") or reg["input_size"][0]
-    state = weights.get("model") or next(iter(weights.values()), None)
+    state = None
+    if weights:
+        label = FLAGS.weights if "weights" in FLAGS else "model"
+        if label not in weights:
+            raise common.UsageError(f"--weights={label}: {source} has only {', '.join(weights)}")
+        state = weights[label]
     heads = [v for k, v in (state or {}).items() if k.endswith("head.weight") and v.dim() == 2]
     num_classes = heads[0].shape[0] if heads else reg["num_classes"]
     model = common.build_model(name, num_classes, img_size, in_chans, kwargs)
@@ -240,6 +245,7 @@ def define_flags():
     flags.DEFINE_float("decades", 3.0, "dynamic range of the log-scaled heat map")
     flags.DEFINE_integer("seed", 0, "seed of the random weights/images and of the image choice")
     flags.DEFINE_integer("threads", 0, "CPU threads for torch (0: torch's default)")
+    common.define_weights_flags()
 
 
 def main():

@@ -40,6 +40,7 @@ flags.DEFINE_enum("device", "auto", ["auto", "cpu", "cuda"], "auto: CUDA if avai
 flags.DEFINE_integer("threads", 0, "CPU threads for torch (0: torch's default)")
 flags.DEFINE_string("output", None, "write the results as JSON to this file")
 flags.DEFINE_bool("progress", True, "show a progress bar on stderr")
+common.define_weights_flags(choices=("all", "model", "ema"), default="all")
 
 
 def _setting(name, run_cfg, fallback):
@@ -150,6 +151,10 @@ def main():
         print(f"warning: no --checkpoint: evaluating {name} with RANDOM weights (expect chance accuracy)",
               file=sys.stderr)
         weights = {"random": None}
+    elif FLAGS.weights != "all":
+        if FLAGS.weights not in weights:
+            raise common.UsageError(f"--weights={FLAGS.weights}: {source} has only {', '.join(weights)}")
+        weights = {FLAGS.weights: weights[FLAGS.weights]}
     workers = FLAGS.num_workers if FLAGS.num_workers is not None else (
         0 if info["name"] == "mnist5k" else data.num_workers_default())
     loader = torch.utils.data.DataLoader(val, batch_size=FLAGS.batch_size, shuffle=False, num_workers=workers,

@@ -41,11 +41,12 @@ FLAGS = flags.FlagValues()
 flags.DEFINE_string("model", None, "registered model name (py.models.list_models())", flag_values=FLAGS)
 flags.DEFINE_string("checkpoint", None, "weights to load: ours or official (.safetensors or torch file); "
                     "default: the model's random init", flag_values=FLAGS)
-flags.DEFINE_enum("weights", "auto", ["auto", "model", "model_ema", "state_dict"],
-                  "which state dict of a wrapped checkpoint: auto = model_ema if present, else model",
+flags.DEFINE_enum("weights", "model", ["model", "ema"],
+                  "which weights of the checkpoint: model (the trained weights; an official file's 'model' "
+                  "or 'state_dict') or ema (its 'model_ema', or a trainer run's ema.safetensors)",
                   flag_values=FLAGS)
-flags.DEFINE_bool("trust_pickle", False, "read torch checkpoints with full unpickling (trusted files only)",
-                  flag_values=FLAGS)
+flags.DEFINE_bool("trust_pickle", False, "allow unpickling a torch file that the safe loader refuses "
+                  "(pickles can run code: only for files you trust)", flag_values=FLAGS)
 flags.DEFINE_enum("format", "torch_export", ["torch_export", "onnx"], "output format", flag_values=FLAGS)
 flags.DEFINE_string("output", None, "output file (.pt2 for torch_export, .onnx for onnx)", flag_values=FLAGS)
 flags.DEFINE_integer("img_size", None, "fixed input resolution of the exported program (default: the "
@@ -178,9 +179,8 @@ def main(argv):
         torch.manual_seed(FLAGS.seed)
         model = build_model(FLAGS.model, FLAGS.num_classes, FLAGS.img_size, FLAGS.model_kwargs).eval()
         if FLAGS.checkpoint:
-            from py.models import interop
-            state = interop.read_checkpoint(caller_path(FLAGS.checkpoint), FLAGS.weights, FLAGS.trust_pickle)
-            interop.load_official(model, state, what=f"--model={FLAGS.model}")
+            from py.models import weights
+            weights.load_into(model, caller_path(FLAGS.checkpoint), FLAGS.weights, trust_pickle=FLAGS.trust_pickle)
         x = example_input(model, FLAGS.seed)
         output = caller_path(FLAGS.output)
         output.parent.mkdir(parents=True, exist_ok=True)

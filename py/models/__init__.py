@@ -7,6 +7,7 @@
 Importing this package also registers every model with timm (`timm.create_model(name)`).
 """
 from py.models import dyvm, pvmamba, vim, vmamba  # noqa: F401  (registers the models)
+from py.models import weights  # noqa: F401  (the one weights path: py.models.weights.read/load_into)
 from py.models.flops import count_flops
 from py.models.registry import create_model, imagenet_cfg, list_models, load_checkpoint, register_model
 

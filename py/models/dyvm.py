@@ -187,22 +187,6 @@ class DynamicBlock(Block):
         return out, residual, q
 
 
-def _read_state_dict(path):
-    """A state dict from a .safetensors or torch checkpoint (optionally under "model"/"state_dict")."""
-    import pathlib
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pretrained checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path))
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
-    for key in ("model_ema", "model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            return state[key]
-    return state
-
-
 # ----------------------------------------------------------------------------------------------
 # The model
 # ----------------------------------------------------------------------------------------------
@@ -237,17 +221,28 @@ class DyVM(VisionMamba):
         self._eval_gate_sum, self._eval_gate_count = 0.0, 0
 
     def load_pretrained_vim(self, checkpoint, block_head_bias=5.0):
-        """Initialises the backbone from a Vim state dict or checkpoint file (the DyVM recipe): the
-        predictors keep their init, every block_head is reset to w = 0, b = block_head_bias."""
-        if not isinstance(checkpoint, dict):
-            checkpoint = _read_state_dict(checkpoint)
-        missing, unexpected = self.load_state_dict(checkpoint, strict=False)
-        missing = [k for k in missing if not k.startswith("score_predictor.") and ".block_head." not in k]
-        if missing or unexpected:
-            raise KeyError(f"Vim checkpoint does not match {type(self).__name__}'s backbone: missing "
-                           f"{missing[:20]}, unexpected {unexpected[:20]}")
+        """Initialises the backbone from a Vim (or DyVM) checkpoint file or state dict (the DyVM
+        recipe): predictors keep their init, every block_head is reset to w = 0, b = block_head_bias."""
+        from py.models import weights
+        if isinstance(checkpoint, dict):
+            weights.load_state(self, checkpoint, adapt=True, source="Vim state dict")
+        else:
+            weights.load_into(self, checkpoint, adapt=True)
         self.reset_block_heads(block_head_bias)
         return self
+
+    def adapt_checkpoint(self, state, notices):
+        """Vim's filter, then: score predictors and block heads absent from the checkpoint (a plain Vim
+        backbone, DyVM's starting point) keep this model's init."""
+        state = super().adapt_checkpoint(state, notices)
+        fresh = [k for k in self.state_dict() if k not in state and
+                 (k.startswith("score_predictor.") or ".block_head." in k)]
+        if fresh:
+            own = self.state_dict()
+            state.update({k: own[k] for k in fresh})
+            notices.append(f"{len(fresh)} DyVM predictor/block-head tensors are not in the checkpoint "
+                           "(a Vim backbone): they keep their initialisation")
+        return state
 
     def build_loss(self, teacher=None, **kwargs):
         """The DyVM training loss with this model's ρ^s targets and β (see DyVMLoss)."""

@@ -1,6 +1,6 @@
 """Checkpoint interop with the official repositories: their state dicts <-> ours.
 
-    state = interop.read_checkpoint("vssm_tiny.pth")            # unwraps "model"/"model_ema", "module."
+    state = weights.read("vssm_tiny.pth").select("model")[1]   # reading is py.models.weights' job
     interop.load_official(model, state)                         # converts, validates, loads strictly
     official = interop.to_official(model)                       # our weights in the official layout
 
@@ -35,12 +35,10 @@ from typing import Callable, Optional
 
 import torch
 
-__all__ = ["CheckpointMismatch", "FAMILIES", "KEY_RULES", "TENSOR_RULES", "family_of", "read_checkpoint",
-           "unwrap_checkpoint", "strip_prefixes", "to_ours", "to_official", "check_state_dict",
-           "load_official", "save_state_dict"]
+__all__ = ["CheckpointMismatch", "FAMILIES", "KEY_RULES", "TENSOR_RULES", "family_of", "strip_prefixes",
+           "to_ours", "to_official", "check_state_dict", "load_official", "save_state_dict"]
 
 FAMILIES = ("vmamba", "vim", "dyvm", "pvmamba")
-WRAPPER_KEYS = ("model", "model_ema", "state_dict")
 PREFIXES = ("module.", "_orig_mod.")  # DDP / torch.compile wrappers
 
 
@@ -146,7 +144,7 @@ def _rename(key, rules, src, dst):
 
 
 # ----------------------------------------------------------------------------------------------
-# Reading checkpoints
+# Families and prefixes
 # ----------------------------------------------------------------------------------------------
 def family_of(model_or_name, default=ValueError):
     """"vmamba" | "vim" | "dyvm" | "pvmamba" for one of our models (instance or registered name);
@@ -183,55 +181,6 @@ def strip_prefixes(state, prefixes=PREFIXES):
             raise ValueError(f"checkpoint has key {key!r} twice once wrapper prefixes {prefixes} are removed")
         out[key] = value
     return out
-
-
-def unwrap_checkpoint(obj, weights="auto"):
-    """The state dict inside a checkpoint object.
-
-    weights: "auto" (model_ema if present, else model, else state_dict, else the object itself;
-    the registry's load_checkpoint does the same), or "model" / "model_ema" / "state_dict".
-    """
-    if not isinstance(obj, dict):
-        raise ValueError(f"checkpoint holds a {type(obj).__name__}, not a state dict")
-    if weights == "auto":
-        for key in ("model_ema", "model", "state_dict"):
-            if isinstance(obj.get(key), dict):
-                return obj[key]
-        return obj
-    if weights not in WRAPPER_KEYS:
-        raise ValueError(f"weights must be 'auto' or one of {WRAPPER_KEYS}, got {weights!r}")
-    if not isinstance(obj.get(weights), dict):
-        present = [k for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)]
-        raise ValueError(f"checkpoint has no {weights!r} state dict (it has: {present or 'none of ' + str(WRAPPER_KEYS)})")
-    return obj[weights]
-
-
-def read_checkpoint(path, weights="auto", trust_pickle=False):
-    """The state dict of a .safetensors or torch checkpoint file, wrapper keys and prefixes removed.
-
-    Torch files are read with weights_only=True unless trust_pickle (only for files you trust:
-    official training checkpoints may also pickle their config object, which weights_only refuses).
-    """
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return strip_prefixes(load_file(str(path)))
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
-    except Exception as exc:  # pickle.UnpicklingError and friends: say what to do, in one line
-        if trust_pickle:
-            raise ValueError(f"cannot read {path} as a torch checkpoint: {exc}".replace("\n", " "))
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"cannot read {path} with weights_only=True ({first}); if the file holds other "
-                         f"pickled objects (e.g. a training config) and you trust it, allow full "
-                         f"unpickling (--trust_pickle)")
-    state = unwrap_checkpoint(obj, weights)
-    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise ValueError(f"{path}: entries that are not tensors: {bad[:10]} (is this a state dict?)")
-    return strip_prefixes(state)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -329,9 +278,7 @@ def check_state_dict(model, state, family=None, what=None):
 
 
 def load_official(model, state, family=None, what=None):
-    """Converts an official state dict (or a path to one) and loads it strictly into `model`."""
-    if isinstance(state, (str, pathlib.Path)):
-        state = read_checkpoint(state)
+    """Converts an official (or our) state dict and loads it strictly into `model`."""
     converted = to_ours(model, state, family)
     check_state_dict(model, converted, family, what)
     model.load_state_dict(converted, strict=True)

@@ -5,9 +5,6 @@ Each family module decorates its builders with `@register_model(default_cfg)`. A
 exposes `forward_features`, `forward_head`, `num_classes`, `reset_classifier` and `default_cfg`.
 """
 import fnmatch
-import pathlib
-
-import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -70,8 +67,11 @@ def registered_cfg(name):
 def create_model(name, pretrained=None, num_classes=None, img_size=None, **overrides):
     """Builds a registered model.
 
-    pretrained: None/False, or a path to a checkpoint (.safetensors, or a torch file holding a state
-        dict, optionally under a "model"/"state_dict" key) whose keys match this model exactly.
+    pretrained: None/False, or local weights to start from (anything py.models.weights.read takes: a
+        .safetensors or torch file, ours or an official one, or a trainer run/step directory). They
+        are adapted as for fine-tuning: a classifier of another size is re-initialised and Vim's
+        position embeddings are resampled to `img_size`, each with a one-line notice. True raises a
+        WeightsError saying how to pass a file (no weights hub is used).
     num_classes: classifier outputs (0 for a headless feature extractor); default: the model's own
         (1000 for the ImageNet models, 10 for the *_mnist ones).
     img_size: input resolution (int or (H, W)); must fit the model's patch grid. Default: the model's
@@ -91,32 +91,14 @@ def create_model(name, pretrained=None, num_classes=None, img_size=None, **overr
     cfg.update(input_size=(cfg["input_size"][0],) + size, num_classes=num_classes)
     model.default_cfg = cfg
     model.pretrained_cfg = cfg
-    if pretrained:
-        load_checkpoint(model, pretrained)
+    if pretrained is not None and pretrained is not False:
+        load_checkpoint(model, pretrained, adapt=True)
     return model
 
 
-def load_checkpoint(model, path):
-    """Loads a state dict into `model`, raising a clear error that lists missing/unexpected keys."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pretrained checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        state = load_file(str(path))
-    else:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-        for key in ("model_ema", "model", "state_dict"):
-            if isinstance(state, dict) and isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    from py.models import interop  # lazy: interop imports the model families
-    state = interop.to_ours(model, state)  # official checkpoints: renames, reshapes, "module." prefixes
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise KeyError(f"checkpoint {path} does not match {type(model).__name__}: "
-                       f"missing keys {result.missing_keys[:20]}"
-                       f"{' ...' if len(result.missing_keys) > 20 else ''}, "
-                       f"unexpected keys {result.unexpected_keys[:20]}"
-                       f"{' ...' if len(result.unexpected_keys) > 20 else ''}")
+def load_checkpoint(model, path, weights="model", adapt=False, trust_pickle=False):
+    """Loads weights into `model` through py.models.weights (read, convert official layouts, validate,
+    strict load); adapt=True also adapts them for fine-tuning. Raises weights.WeightsError."""
+    from py.models import weights as weights_path  # lazy: it imports the families' conversion rules
+    weights_path.load_into(model, path, weights=weights, adapt=adapt, trust_pickle=trust_pickle)
     return model

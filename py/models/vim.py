@@ -332,6 +332,34 @@ class VisionMamba(nn.Module):
             return self.forward_intermediates(x)
         return self.forward_head(self.forward_features(x))
 
+    # -- checkpoint filter (py.models.weights calls it when adapting weights for fine-tuning) ------
+    def adapt_checkpoint(self, state, notices):
+        """Resamples a checkpoint's position embeddings made for another patch grid to this one."""
+        pe = state.get("pos_embed")
+        if pe is not None and pe.dim() == 3 and pe.shape[-1] == self.embed_dim and pe.shape != self.pos_embed.shape:
+            state["pos_embed"] = resample_pos_embed(pe, self.grid_size)
+            old = int(round(math.sqrt(pe.shape[1] - 1)))
+            notices.append(f"pos_embed resampled from a {old}x{old} to a {self.grid_size[0]}x{self.grid_size[1]} "
+                           "patch grid (bicubic; class-token entry kept)")
+        return state
+
+
+def resample_pos_embed(pos_embed, grid_size):
+    """(1, M0 + 1, d) position embeddings of a square M0 = g0*g0 grid, class token at M0 // 2 (Vim's
+    middle token), to `grid_size` (h, w): grid part bicubic-interpolated, class entry moved to M // 2."""
+    m0 = pos_embed.shape[1] - 1
+    g0 = int(round(math.sqrt(m0)))
+    if g0 * g0 != m0:
+        raise ValueError(f"pos_embed has {m0} patch positions, not a square grid: cannot resample it")
+    h, w = grid_size
+    cls = pos_embed[:, m0 // 2:m0 // 2 + 1]
+    grid = torch.cat([pos_embed[:, :m0 // 2], pos_embed[:, m0 // 2 + 1:]], dim=1)
+    grid = grid.reshape(1, g0, g0, -1).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False, antialias=(h < g0 or w < g0))
+    grid = grid.permute(0, 2, 3, 1).reshape(1, h * w, -1).to(pos_embed.dtype)
+    mid = (h * w) // 2
+    return torch.cat([grid[:, :mid], cls, grid[:, mid:]], dim=1)
+
 
 # ----------------------------------------------------------------------------------------------
 # Builders

@@ -276,5 +276,5 @@ def test_load_pretrained_vim_and_report(tmp_path):
     report = model.keep_ratio_report()
     assert report == {"block_keep_ratio": 1.0, "token_keep_ratio": 21 / 64}
     assert model.keep_ratio_report() == {"token_keep_ratio": 21 / 64}
-    with pytest.raises(KeyError, match="backbone"):
+    with pytest.raises(ValueError, match="missing.*norm_f.weight"):
         model.load_pretrained_vim({k: v for k, v in vim.state_dict().items() if "norm_f" not in k})

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import py.models as models
-from py.models import interop
+from py.models import interop, weights
 
 
 # ----------------------------------------------------------------------------------------------
@@ -310,17 +310,19 @@ def test_plain_vim_checkpoint_into_dyvm_points_to_load_pretrained_vim():
 # ----------------------------------------------------------------------------------------------
 # Files: wrappers, DDP prefixes, safetensors, the registry's loader
 # ----------------------------------------------------------------------------------------------
-def test_read_checkpoint_unwraps_model_and_ema_and_strips_module_prefix(tmp_path):
+def test_weights_read_unwraps_model_and_ema_and_strips_module_prefix(tmp_path):
     _, _, shapes, _ = _cases()["dyvm"]
     raw, ema = _fill(shapes, seed=0), _fill(shapes, seed=1)
     path = tmp_path / "official.pth"
     torch.save({"model": {"module." + k: v for k, v in raw.items()},
                 "model_ema": {"module." + k: v for k, v in ema.items()}, "epoch": 29}, path)
-    for weights, want in (("model", raw), ("model_ema", ema), ("auto", ema)):
-        state = interop.read_checkpoint(path, weights=weights)
+    ckpt = weights.read(path)
+    for label, want in (("model", raw), ("ema", ema)):
+        got_label, state = ckpt.select(label)
+        assert got_label == label
         assert list(state) == list(want) and all(torch.equal(state[k], want[k]) for k in want)
-    with pytest.raises(ValueError, match="no 'state_dict' state dict"):
-        interop.read_checkpoint(path, weights="state_dict")
+    with pytest.raises(weights.WeightsError, match="weights must be one of"):
+        ckpt.select("state_dict")
 
 
 def test_registry_load_checkpoint_converts_official_files(tmp_path):
@@ -340,7 +342,7 @@ def test_safetensors_and_torch_files_round_trip(tmp_path):
     for name, wrap in (("w.safetensors", None), ("w.pth", "model")):
         path = interop.save_state_dict(interop.to_official(model), tmp_path / name, wrap_key=wrap)
         back = _model("pvmamba", seed=5)
-        interop.load_official(back, interop.read_checkpoint(path))
+        interop.load_official(back, weights.read(path).select("model")[1])
         assert all(torch.equal(back.state_dict()[k], v) for k, v in ours.items())
 
 
