@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from timm.loss import SoftTargetCrossEntropy
 
+from py.models.features import check_output_fmt, take_indices
 from py.models.registry import imagenet_cfg, register_model
 from py.models.vim import VIM_CFGS, VIM_DEFAULTS, BiMamba, Block, VisionMamba
 
@@ -194,10 +195,7 @@ class DyVM(VisionMamba):
     """Vim with token pruning before `pruning_loc` and per-direction dynamic block selection."""
 
     def __init__(self, keep_ratio=0.7, block_ratio=0.8, pruning_loc=(6, 12, 18), block_head_bias=5.0,
-                 dynamic_blocks=True, features_only=False, **kwargs):
-        if features_only:
-            raise ValueError("DyVM does not support features_only (pruned tokens leave no dense map); "
-                             "use the vim_* models as dense backbones")
+                 dynamic_blocks=True, **kwargs):
         super().__init__(mixer_layer=DynamicBiMamba, block_layer=DynamicBlock, **kwargs)
         self.pruning_loc = tuple(int(i) for i in pruning_loc)
         if any(not 0 < i < self.depth for i in self.pruning_loc) or list(self.pruning_loc) != sorted(
@@ -321,31 +319,40 @@ class DyVM(VisionMamba):
         residual = insert_cls(cls_r, batch_gather(other_r, idx), k // 2)
         return hidden, residual
 
-    def forward_features(self, x, return_aux=False):
-        """Normed token sequence; in training (B, M+1, d) in the rearranged layout with per-image
-        class positions, at inference (B, K+1, d) with the class token at K // 2. return_aux=True also
-        returns the bookkeeping dict (cls_pos, token_policy, pred_decisions, current_pos, block_policy,
-        seq_lens, cls_positions)."""
+    def _run_layers(self, x, layers, on_prune=None):
+        """Embeds x and runs `layers`, pruning before each pruning_loc layer; yields (layer index, hidden,
+        residual, bookkeeping) after each layer. on_prune(hidden, residual, st) sees the tokens just
+        before a pruning step."""
         self._check_ratios()
         hidden, residual = self.embed(x), None
         b, m = hidden.shape[0], self.num_patches
-        st = dict(cls_pos=self.cls_pos, mask=None, pred_decisions=[],
+        st = dict(cls_pos=self.cls_pos, mask=None, pred_decisions=[], gates=[],
                   current_pos=torch.arange(m, device=hidden.device).expand(b, -1),
                   token_policy=hidden.new_ones(b, m, 1), seq_lens=[m + 1], cls_positions=[self.cls_pos])
         if self.training:
             st["cls_pos"] = torch.full((b,), self.cls_pos, dtype=torch.long, device=hidden.device)
-        gates = []
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(layers):
             if i in self.pruning_loc:
+                if on_prune is not None:
+                    on_prune(hidden, residual, st)
                 stage = self.pruning_loc.index(i)
                 prune = self._prune_train if self.training else self._prune_eval
                 hidden, residual = prune(stage, hidden, residual, st)
                 st["seq_lens"].append(hidden.shape[1])
                 st["cls_positions"].append(st["cls_pos"])
-            hidden, residual, q = layer(hidden, residual, mask=st["mask"], cls_pos=st["cls_pos"],
-                                        dynamic=self.dynamic_blocks)
-            gates.append(q)
-        st["block_policy"] = torch.stack(gates)                                # (depth, B, 1, 2)
+            hidden, residual, q = self.run_layer(layer, hidden, residual, mask=st["mask"], cls_pos=st["cls_pos"],
+                                                 dynamic=self.dynamic_blocks)
+            st["gates"].append(q)
+            yield i, hidden, residual, st
+
+    def forward_features(self, x, return_aux=False):
+        """Normed token sequence; in training (B, M+1, d) in the rearranged layout with per-image
+        class positions, at inference (B, K+1, d) with the class token at K // 2. return_aux=True also
+        returns the bookkeeping dict (cls_pos, token_policy, pred_decisions, current_pos, block_policy,
+        seq_lens, cls_positions)."""
+        for _, hidden, residual, st in self._run_layers(x, self.layers):
+            pass
+        st["block_policy"] = torch.stack(st.pop("gates"))                      # (depth, B, 1, 2)
         self.last_block_policy = st["block_policy"].detach()
         if not self.training:
             self._eval_gate_sum = self._eval_gate_sum + self.last_block_policy.float().sum()   # no host sync
@@ -356,7 +363,53 @@ class DyVM(VisionMamba):
         st.pop("mask")
         return tokens, st
 
+    def forward_intermediates(self, x, indices=None, return_prefix_tokens=False, norm=False, stop_early=False,
+                              output_fmt="NCHW", intermediates_only=False):
+        """Full dense maps despite pruning, as DyVM's segmentation backbone makes them (spec dyvm.md 7.3):
+        a pruned token keeps the value it had when it was pruned, and every tap scatters the live tokens
+        back to their spatial positions, so each intermediate is (B, d, gh, gw) like Vim's. Same
+        arguments and returns as VisionMamba.forward_intermediates."""
+        check_output_fmt(output_fmt, ("NCHW", "NLC"))
+        take, max_index = take_indices(len(self.layers), indices)
+        b, m = x.shape[0], self.num_patches
+        frozen = None  # (B, M, d): the last value of every patch token, in spatial order
+
+        def scatter_live(hidden, residual, st, norm):
+            nonlocal frozen
+            cls_pos = st["cls_pos"]
+            t = residual + hidden
+            t = self.norm_f(t.to(getattr(self.norm_f, "weight", t).dtype)) if norm else t
+            cls, other = split_cls(t, cls_pos)
+            pos, n = st["current_pos"], other.shape[1]
+            live = st["token_policy"][:, :n] > 0  # training: dropped tokens stay frozen
+            if frozen is None:
+                frozen = other.new_zeros(b, m, other.shape[-1])
+            base = frozen.gather(1, pos[..., None].expand(-1, -1, other.shape[-1]))
+            out = frozen.scatter(1, pos[..., None].expand(-1, -1, other.shape[-1]), torch.where(live, other, base))
+            return out, cls
+
+        def on_prune(hidden, residual, st):
+            nonlocal frozen
+            frozen, _ = scatter_live(hidden, residual, st, norm)
+
+        intermediates, last = [], None
+        layers = self.layers[:max_index + 1] if stop_early else self.layers
+        for i, hidden, residual, st in self._run_layers(x, layers, on_prune):
+            last = hidden, residual, st
+            if i in take:
+                t, cls = scatter_live(hidden, residual, st, norm)
+                t = t.to(x.dtype)
+                if output_fmt == "NCHW":
+                    t = t.transpose(1, 2).reshape(b, t.shape[2], *self.grid_size)
+                intermediates.append((t, cls.to(x.dtype)) if return_prefix_tokens else t)
+        if intermediates_only:
+            return intermediates
+        hidden, residual, _ = last
+        return self.final_norm(hidden, residual), intermediates
+
     def forward(self, x):
+        if self.features_only:
+            return self.forward_intermediates(x, self.out_indices, stop_early=True, intermediates_only=True)
         tokens, st = self.forward_features(x, return_aux=True)
         logits = self.forward_head(tokens, cls_pos=st["cls_pos"])
         if not self.training:

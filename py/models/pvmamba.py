@@ -70,6 +70,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_, to_2tuple
 
+from py.models.features import FeatureInfo, check_output_fmt, checkpointed, take_indices
 from py.models.registry import imagenet_cfg, register_model
 
 __all__ = ["PVMamba", "PVMambaBlock", "PVMambaMixer", "SpatialAdaptiveSampler", "Attention",
@@ -415,11 +416,13 @@ class PVMambaStage(nn.Module):
                          spatial_flag=spatial_flags[i] if token_mixer == "SaDSA" else 0, **block_kwargs)
             for i in range(depth)])
         self.downsample = PatchMerging(dim) if downsample else None
+        self.grad_checkpointing = False
 
     def forward(self, x, H, W, points=None):
         """Returns (stage output before downsampling, downsampled tokens, new H, new W, points)."""
         for blk in self.blocks:
-            x, points = blk(x, H, W, points)
+            x, points = checkpointed(lambda t, p, blk=blk: blk(t, H, W, p), x, points,
+                                     enabled=self.grad_checkpointing and self.training)
         if self.downsample is None:
             return x, x, H, W, points
         y, H2, W2 = self.downsample(x, H, W)
@@ -429,9 +432,10 @@ class PVMambaStage(nn.Module):
 class PVMamba(nn.Module):
     """PVMamba classifier / dense-prediction backbone.
 
-    features_only=True drops the final norm and head, adds a LayerNorm `outnorm{i}` per returned stage
-    (like upstream's Backbone_PVMAMBA) and makes forward() return a list of NCHW maps at strides 4, 8,
-    16, 32 for the stages in out_indices.
+    forward_intermediates(x, indices, ...) (py.models.features): stage outputs before downsampling at
+    strides 4, 8, 16, 32. features_only=True drops the final norm and head, adds a LayerNorm
+    `outnorm{i}` per returned stage (like upstream's Backbone_PVMAMBA, whose checkpoints load) and makes
+    forward() return forward_intermediates(x, out_indices) through them, as NCHW maps.
     """
 
     def __init__(self, img_size=224, in_chans=3, num_classes=1000, embed_dim=64, depths=(2, 4, 8, 4),
@@ -470,7 +474,7 @@ class PVMamba(nn.Module):
         self.dims = [int(embed_dim * 2 ** i) for i in range(n)]
         self.num_features = self.dims[-1]
         self.features_only = features_only
-        self.out_indices = tuple(out_indices)
+        self.out_indices = tuple(take_indices(n, out_indices)[0]) if features_only else tuple(range(n))
 
         self.patch_embed = PatchEmbed(in_chans, embed_dim)
         self.pos_drop = nn.Dropout(drop_rate)
@@ -483,12 +487,10 @@ class PVMamba(nn.Module):
                 self.dims[i], depths[i], num_heads[i], token_mixers[i], flags[i],
                 dpr[sum(depths[:i]):sum(depths[:i + 1])], downsample=i < n - 1, mlp_ratio=mlp_ratio,
                 drop=drop_rate, **mixer_kwargs))
-        self.feature_info = [dict(num_chs=self.dims[i], reduction=4 * 2 ** i, module=f"layers.{i}")
-                             for i in range(n)]
+        self.feature_info = FeatureInfo([dict(num_chs=self.dims[i], reduction=4 * 2 ** i, module=f"layers.{i}")
+                                         for i in range(n)], self.out_indices)
         if features_only:
             for i in self.out_indices:
-                if not 0 <= i < n:
-                    raise ValueError(f"out_indices must be stage indices in [0, {n}), got {self.out_indices}")
                 self.add_module(f"outnorm{i}", nn.LayerNorm(self.dims[i]))
             self.num_classes = 0
             self.norm = None
@@ -514,6 +516,12 @@ class PVMamba(nn.Module):
 
     def get_classifier(self):
         return self.head
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable=True):
+        """Recompute each block in the backward instead of keeping its activations."""
+        for layer in self.layers:
+            layer.grad_checkpointing = enable
 
     def reset_classifier(self, num_classes, global_pool=None):
         if self.features_only:
@@ -543,7 +551,7 @@ class PVMamba(nn.Module):
     def forward_features(self, x):
         """Final-stage tokens after the last LayerNorm, as (B, H/32, W/32, C) (NHWC)."""
         if self.features_only:
-            return self.forward_intermediates(x)
+            return self.forward(x)
         for i, out, H, W in self._stages(x, len(self.layers) - 1):
             pass
         out = self.norm(out)
@@ -553,20 +561,42 @@ class PVMamba(nn.Module):
         x = x.mean(dim=(1, 2))
         return x if pre_logits else self.head(x)
 
-    def forward_intermediates(self, x):
-        """List of NCHW stage outputs (before downsampling) for out_indices, with outnorm{i} if present."""
-        feats = []
-        for i, out, H, W in self._stages(x, max(self.out_indices)):
-            if i in self.out_indices:
-                norm = getattr(self, f"outnorm{i}", None)
-                if norm is not None:
-                    out = norm(out)
-                feats.append(out.transpose(1, 2).reshape(out.shape[0], -1, H, W).contiguous())
-        return feats
+    def forward_intermediates(self, x, indices=None, norm=False, stop_early=False, output_fmt="NCHW",
+                              intermediates_only=False):
+        """Stage outputs before downsampling for the stages `indices` (py.models.features); norm=True
+        passes the last stage's output through the final norm, as timm does. Returns the list, or
+        (forward_features(x), list)."""
+        check_output_fmt(output_fmt, ("NCHW", "NHWC"))
+        take, max_index = take_indices(len(self.layers), indices)
+        last = len(self.layers) - 1
+        intermediates = []
+        for i, out, H, W in self._stages(x, max_index if stop_early else last):
+            if i in take:
+                tap = self.norm(out) if norm and i == last and self.norm is not None else out
+                tap = tap.view(tap.shape[0], H, W, -1)
+                intermediates.append(tap if output_fmt == "NHWC" else tap.permute(0, 3, 1, 2).contiguous())
+        if intermediates_only:
+            return intermediates
+        final = self.norm(out) if self.norm is not None and i == last else out
+        return final.view(final.shape[0], H, W, -1), intermediates
+
+    def prune_intermediate_layers(self, indices=1, prune_norm=False, prune_head=True):
+        """Drops the stages after the last of `indices` (and the head/norm); returns the kept indices."""
+        take, max_index = take_indices(len(self.layers), indices)
+        self.layers = self.layers[:max_index + 1]
+        self.layers[-1].downsample = None  # it fed a stage that is gone
+        if not self.features_only:
+            if prune_head:
+                self.reset_classifier(0)
+            if prune_norm or max_index < len(self.dims) - 1:  # the norm is sized for the last stage
+                self.norm = nn.Identity()
+        return take
 
     def forward(self, x):
         if self.features_only:
-            return self.forward_intermediates(x)
+            feats = self.forward_intermediates(x, self.out_indices, stop_early=True, intermediates_only=True)
+            return [getattr(self, f"outnorm{i}")(f.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
+                    for i, f in zip(self.out_indices, feats)]
         return self.forward_head(self.forward_features(x))
 
 

@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, RmsNorm, lecun_normal_, to_2tuple, trunc_normal_
 
+from py.models.features import FeatureInfo, check_output_fmt, checkpointed, take_indices
 from py.models.registry import imagenet_cfg, register_model
 
 __all__ = ["VisionMamba", "BiMamba", "Block", "PatchEmbed", "VIM_CFGS", "vim_tiny", "vim_small", "vim_base", "vim_mnist"]
@@ -204,8 +205,11 @@ class VisionMamba(nn.Module):
 
     forward_features(x) -> normed token sequence (B, M+1, d), class token at index M//2;
     forward_head(x, pre_logits=False) -> logits (B, num_classes) from that token.
-    features_only=True: forward(x) returns [(B, d, gh, gw)] for each layer in out_indices (the residual
-    stream residual + hidden after that layer, class token removed), all at the single patch stride.
+    forward_intermediates(x, indices, ...) (py.models.features): the residual stream residual + hidden
+    after each layer in `indices`, class token removed, as (B, d, gh, gw) maps (or NLC tokens).
+    features_only=True: forward(x) returns forward_intermediates(x, out_indices, intermediates_only=True)
+    (default taps: every depth/4-th layer, e.g. 5/11/17/23, the simple pyramid's taps), all at the
+    single patch stride.
     """
 
     def __init__(self, img_size=224, patch_size=16, stride=None, in_chans=3, num_classes=1000, embed_dim=192,
@@ -220,6 +224,7 @@ class VisionMamba(nn.Module):
         self.embed_dim = self.num_features = embed_dim
         self.depth = depth
         self.features_only = features_only
+        self.grad_checkpointing = False
 
         self.patch_embed = PatchEmbed(img_size, patch_size, stride, in_chans, embed_dim)
         self.num_patches = self.patch_embed.num_patches
@@ -242,20 +247,16 @@ class VisionMamba(nn.Module):
 
         reduction = self.patch_embed.stride[0]
         if features_only:
-            out_indices = tuple(range(depth // 4 - 1, depth, depth // 4)) if out_indices is None and depth >= 4 \
-                else tuple(out_indices if out_indices is not None else (depth - 1,))
-            self.out_indices = tuple(i % depth if -depth <= i < depth else self._bad_index(i) for i in out_indices)
-            self.feature_info = [dict(num_chs=embed_dim, reduction=reduction, module=f"layers.{i}")
-                                 for i in self.out_indices]
+            if out_indices is None:
+                out_indices = tuple(range(depth // 4 - 1, depth, depth // 4)) if depth >= 4 else (depth - 1,)
+            self.out_indices = tuple(take_indices(depth, out_indices)[0])
             self.num_classes = num_classes = 0
         else:
-            self.out_indices = None
-            self.feature_info = [dict(num_chs=embed_dim, reduction=reduction, module="norm_f")]
+            self.out_indices = tuple(range(depth))
+        self.feature_info = FeatureInfo([dict(num_chs=embed_dim, reduction=reduction, module=f"layers.{i}")
+                                         for i in range(depth)], self.out_indices)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights()
-
-    def _bad_index(self, i):
-        raise ValueError(f"out_indices entries must lie in [-depth, depth) = [{-self.depth}, {self.depth}), got {i}")
 
     # -- init (spec 1.5, 2.3) ------------------------------------------------------------------
     def _init_weights(self):
@@ -282,6 +283,16 @@ class VisionMamba(nn.Module):
     def get_classifier(self):
         return self.head
 
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable=True):
+        """Recompute each layer in the backward instead of keeping its activations."""
+        self.grad_checkpointing = enable
+
+    def run_layer(self, layer, hidden, residual, *args, **kwargs):
+        """layer(hidden, residual, ...), checkpointed when grad checkpointing is on and training."""
+        return checkpointed(lambda h, r: layer(h, r, *args, **kwargs), hidden, residual,
+                            enabled=self.grad_checkpointing and self.training)
+
     def reset_classifier(self, num_classes, global_pool=None):
         self.num_classes = num_classes
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
@@ -299,12 +310,12 @@ class VisionMamba(nn.Module):
 
     def final_norm(self, hidden, residual):
         residual = residual + self.drop_path(hidden)
-        return self.norm_f(residual.to(self.norm_f.weight.dtype))
+        return self.norm_f(residual.to(getattr(self.norm_f, "weight", residual).dtype))
 
     def forward_features(self, x):
         hidden, residual = self.embed(x), None
         for layer in self.layers:
-            hidden, residual = layer(hidden, residual)
+            hidden, residual = self.run_layer(layer, hidden, residual)
         return self.final_norm(hidden, residual)
 
     def forward_head(self, x, pre_logits=False, cls_pos=None):
@@ -315,21 +326,49 @@ class VisionMamba(nn.Module):
             x = x[:, pos] if isinstance(pos, int) else x[torch.arange(x.shape[0], device=x.device), pos]
         return x if pre_logits else self.head(x)
 
-    def forward_intermediates(self, x):
-        """Residual-stream maps (B, d, gh, gw) after each layer in out_indices, class token removed."""
+    def tap(self, hidden, residual, norm, cls_pos, output_fmt, dtype):
+        """One intermediate: (residual + hidden), through norm_f if `norm`, split into (patch map, class
+        token) with the patches as (B, d, gh, gw) for NCHW or (B, M, d) for NLC."""
+        t = residual + hidden
+        t = self.norm_f(t.to(getattr(self.norm_f, "weight", t).dtype)) if norm else t
+        t = t.to(dtype)
+        cls = t[:, cls_pos]
+        t = torch.cat([t[:, :cls_pos], t[:, cls_pos + 1:]], dim=1)
+        if output_fmt == "NCHW":
+            t = t.transpose(1, 2).reshape(t.shape[0], t.shape[2], *self.grid_size)
+        return t, cls
+
+    def forward_intermediates(self, x, indices=None, return_prefix_tokens=False, norm=False, stop_early=False,
+                              output_fmt="NCHW", intermediates_only=False):
+        """The residual stream after each layer in `indices` (py.models.features), class token removed
+        (return_prefix_tokens=True: (map, class token) pairs); norm=True applies norm_f to each.
+        Returns the list, or (forward_features(x), list)."""
+        check_output_fmt(output_fmt, ("NCHW", "NLC"))
+        take, max_index = take_indices(len(self.layers), indices)
         hidden, residual = self.embed(x), None
-        outs, last = [], max(self.out_indices)
-        for i, layer in enumerate(self.layers[:last + 1]):
-            hidden, residual = layer(hidden, residual)
-            if i in self.out_indices:
-                t = (residual + hidden).to(x.dtype)
-                t = torch.cat([t[:, :self.cls_pos], t[:, self.cls_pos + 1:]], dim=1)
-                outs.append(t.transpose(1, 2).reshape(x.shape[0], self.embed_dim, *self.grid_size))
-        return outs
+        intermediates = []
+        for i, layer in enumerate(self.layers[:max_index + 1] if stop_early else self.layers):
+            hidden, residual = self.run_layer(layer, hidden, residual)
+            if i in take:
+                t, cls = self.tap(hidden, residual, norm, self.cls_pos, output_fmt, x.dtype)
+                intermediates.append((t, cls[:, None]) if return_prefix_tokens else t)
+        if intermediates_only:
+            return intermediates
+        return self.final_norm(hidden, residual), intermediates
+
+    def prune_intermediate_layers(self, indices=1, prune_norm=False, prune_head=True):
+        """Drops the layers after the last of `indices` (and the head, norm_f); returns the kept indices."""
+        take, max_index = take_indices(len(self.layers), indices)
+        self.layers = self.layers[:max_index + 1]
+        if prune_norm:
+            self.norm_f = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0)
+        return take
 
     def forward(self, x):
         if self.features_only:
-            return self.forward_intermediates(x)
+            return self.forward_intermediates(x, self.out_indices, stop_early=True, intermediates_only=True)
         return self.forward_head(self.forward_features(x))
 
     # -- checkpoint filter (py.models.weights calls it when adapting weights for fine-tuning) ------

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from timm.layers import DropPath, LayerNorm2d, trunc_normal_
 
+from py.models.features import FeatureInfo, check_output_fmt, nchw_to, take_indices
 from py.models.registry import imagenet_cfg, register_model
 from py.ops.cross_scan import cross_merge, cross_scan
 from py.ops.selective_scan import selective_scan
@@ -335,8 +336,10 @@ class VMamba(nn.Module):
         H, W are multiples of patch_size runs; others raise ValueError.
     dims: stage-0 width (int, doubled per stage) or the 4 stage widths. depths: blocks per stage.
     ssm_*: SS2D settings (spec §1.3-1.6); forward_type: "v05_noz" | "v05" | "m0_noz" | "m0".
-    features_only/out_indices: return the normalized stage outputs (before each downsample) at strides
-        4/8/16/32 as a list of NCHW maps (upstream `Backbone_VSSM`, with its `outnorm{i}` LN2d layers).
+    drop_rate: dropout before the classifier head (timm's meaning).
+    features_only/out_indices: forward returns forward_intermediates(x, out_indices) (the stage outputs
+        before each downsample, strides 4/8/16/32, NCHW), each through its `outnorm{i}` LN2d (upstream
+        `Backbone_VSSM`, whose checkpoints load: every stage is kept, no classifier).
     op_backend: backend passed to py.ops.selective_scan / py.ops.ssd ("auto", "reference", "cpu", "cuda").
     """
 
@@ -344,8 +347,8 @@ class VMamba(nn.Module):
                  ssm_d_state=1, ssm_ratio=1.0, ssm_dt_rank="auto", ssm_act_layer="silu", ssm_conv=3,
                  ssm_conv_bias=False, ssm_drop_rate=0.0, ssm_init="v0", forward_type="v05_noz",
                  ssd_chunk_size=64, mlp_ratio=4.0, mlp_act_layer="gelu", mlp_drop_rate=0.0,
-                 drop_path_rate=0.1, patchembed_version="v2", downsample_version="v3", use_checkpoint=False,
-                 features_only=False, out_indices=(0, 1, 2, 3), op_backend="auto"):
+                 drop_path_rate=0.1, drop_rate=0.0, patchembed_version="v2", downsample_version="v3",
+                 use_checkpoint=False, features_only=False, out_indices=(0, 1, 2, 3), op_backend="auto"):
         super().__init__()
         depths = tuple(int(d) for d in depths)
         num_stages = len(depths)
@@ -385,20 +388,21 @@ class VMamba(nn.Module):
                           else nn.Identity())
             self.layers.append(nn.Sequential(OrderedDict(blocks=nn.Sequential(*blocks), downsample=downsample)))
 
-        self.feature_info = [dict(num_chs=dims[i], reduction=self.patch_size * 2 ** i, module=f"layers.{i}")
-                             for i in range(num_stages)]
+        info = [dict(num_chs=dims[i], reduction=self.patch_size * 2 ** i, module=f"layers.{i}")
+                for i in range(num_stages)]
+        self.head_drop = nn.Dropout(drop_rate)
         if features_only:
-            self.out_indices = tuple(out_indices)
-            if not self.out_indices or any(not 0 <= i < num_stages for i in self.out_indices):
-                raise ValueError(f"out_indices {out_indices} must be non-empty stage indices in [0, {num_stages})")
+            self.out_indices = tuple(take_indices(num_stages, out_indices)[0])
             for i in self.out_indices:
                 self.add_module(f"outnorm{i}", _norm(dims[i]))
-            self.feature_info = [self.feature_info[i] for i in self.out_indices]
+            self.num_classes = 0
         else:
+            self.out_indices = tuple(range(num_stages))
             self.classifier = nn.Sequential(OrderedDict(
                 norm=_norm(self.num_features), permute=nn.Identity(), avgpool=nn.AdaptiveAvgPool2d(1),
                 flatten=nn.Flatten(1),
                 head=nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()))
+        self.feature_info = FeatureInfo(info, self.out_indices)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -452,26 +456,44 @@ class VMamba(nn.Module):
 
     def forward_head(self, x, pre_logits=False):
         c = self.classifier
-        x = c.flatten(c.avgpool(c.norm(x)))
+        x = self.head_drop(c.flatten(c.avgpool(c.norm(x))))
         return x if pre_logits else c.head(x)
 
-    def forward_stages(self, x):
-        """The normalized outputs of stages `out_indices` (before their downsample), NCHW."""
+    def forward_intermediates(self, x, indices=None, norm=False, stop_early=False, output_fmt="NCHW",
+                              intermediates_only=False):
+        """Stage outputs before their downsample (strides 4..32) for the stages `indices` (py.models.features).
+        norm=True passes the last stage's output through the classifier norm, as timm does. Returns the
+        list, or (forward_features(x), list)."""
+        check_output_fmt(output_fmt, ("NCHW", "NHWC"))
+        take, max_index = take_indices(len(self.layers), indices)
         self._check_size(tuple(x.shape[-2:]), "input")
         x = self.patch_embed(x)
-        outs = []
-        for i, layer in enumerate(self.layers):
+        last = len(self.layers) - 1
+        intermediates = []
+        for i, layer in enumerate(self.layers[:max_index + 1] if stop_early else self.layers):
             y = layer.blocks(x)
-            if i in self.out_indices:
-                outs.append(getattr(self, f"outnorm{i}")(y))
-            if i == max(self.out_indices):
-                break
+            if i in take:
+                tap = self.classifier.norm(y) if norm and i == last and hasattr(self, "classifier") else y
+                intermediates.append(nchw_to(tap, output_fmt))
             x = layer.downsample(y)
-        return outs
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def prune_intermediate_layers(self, indices=1, prune_norm=False, prune_head=True):
+        """Drops the stages after the last of `indices` (and the head/norm); returns the kept indices."""
+        take, max_index = take_indices(len(self.layers), indices)
+        self.layers = self.layers[:max_index + 1]
+        self.layers[-1].downsample = nn.Identity()  # it fed a stage that is gone
+        if hasattr(self, "classifier"):
+            if prune_head:
+                self.reset_classifier(0)
+            if prune_norm or max_index < len(self.dims) - 1:  # the norm is sized for the last stage
+                self.classifier.norm = nn.Identity()
+        return take
 
     def forward(self, x):
         if self.features_only:
-            return self.forward_stages(x)
+            feats = self.forward_intermediates(x, self.out_indices, stop_early=True, intermediates_only=True)
+            return [getattr(self, f"outnorm{i}")(f) for i, f in zip(self.out_indices, feats)]
         return self.forward_head(self.forward_features(x))
 
 

@@ -251,8 +251,6 @@ def test_settable_ratios_and_errors():
     model.dynamic_blocks = False
     model.keep_ratio, model.block_ratio = 0.9, 0.6
     assert DyVMLoss.from_model(model).block_ratio == 0.6
-    with pytest.raises(ValueError, match="features_only"):
-        create_model("dyvm_vim_tiny", features_only=True)
     with pytest.raises(ValueError, match="pruning_loc"):
         _small(pruning_loc=(1, 4))
     with pytest.raises(ValueError, match="patch grid"):

@@ -236,7 +236,7 @@ def test_features_only():
     with torch.no_grad():
         feats = model(torch.randn(2, 3, 128, 128))
     assert [tuple(f.shape) for f in feats] == [(2, 32, 32, 32), (2, 64, 16, 16), (2, 128, 8, 8), (2, 256, 4, 4)]
-    assert [i["reduction"] for i in model.feature_info] == [4, 8, 16, 32]
+    assert model.feature_info.reduction() == [4, 8, 16, 32]
     model = create_model("pvmamba_tiny", features_only=True, out_indices=(1, 2), **SMALL).eval()
     with torch.no_grad():
         feats = model(torch.randn(1, 3, 64, 64))

@@ -106,7 +106,7 @@ def test_bad_sizes():
 def test_features_only():
     model = create_model("vim_tiny", img_size=64, features_only=True, depth=4, out_indices=(1, -1)).eval()
     assert model.out_indices == (1, 3)
-    assert [f["reduction"] for f in model.feature_info] == [16, 16]
+    assert model.feature_info.reduction() == [16, 16]
     with torch.no_grad():
         feats = model(torch.randn(2, 3, 64, 64))
     assert [tuple(f.shape) for f in feats] == [(2, 192, 4, 4)] * 2

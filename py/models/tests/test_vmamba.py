@@ -111,7 +111,7 @@ def test_features_only_strides_224():
         feats = model(torch.randn(1, 3, 224, 224))
     assert [tuple(f.shape) for f in feats] == [(1, 96, 56, 56), (1, 192, 28, 28), (1, 384, 14, 14),
                                                (1, 768, 7, 7)]
-    assert [i["reduction"] for i in model.feature_info] == [4, 8, 16, 32]
+    assert model.feature_info.reduction() == [4, 8, 16, 32]
     partial = create_model("vmamba_tiny_s1l8", features_only=True, out_indices=(1, 2), depths=(1, 1, 1, 1))
     with torch.no_grad():
         feats = partial.eval()(torch.randn(1, 3, 64, 64))
