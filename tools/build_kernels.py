@@ -25,6 +25,7 @@ import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 KERNELS = ROOT / "cc" / "kernels"
+PTXAS_DIR = KERNELS / "_ptxas"  # nvcc -Xptxas=-v reports of the last build, one file per .cu (git-ignored)
 
 
 def read_extensions(path=KERNELS / "extensions.bzl"):
@@ -108,6 +109,10 @@ def run_job(job):
     for cmd, res in zip(compile_cmds, results):
         if res.returncode:
             return name, f"compile failed: {' '.join(cmd)}\n{res.stderr}"
+        if "-Xptxas=-v" in cmd:  # keep the per-kernel resource report (tools/ptxas_report.py reads it)
+            PTXAS_DIR.mkdir(exist_ok=True)
+            src = pathlib.Path(cmd[cmd.index("-c") + 1])
+            (PTXAS_DIR / f"{name}_{src.stem}.ptxas.txt").write_text(res.stderr)
     res = subprocess.run(link, capture_output=True, text=True)
     if res.returncode:
         return name, f"link failed: {' '.join(link)}\n{res.stderr}"

@@ -10,7 +10,7 @@ load(":extensions.bzl", "COMMON_HDRS", "CUDA_ARCHS", "CXX_FLAGS", "EXTENSIONS", 
 def kernel_extensions():
     """Defines :common, one `<name>` py_library per extension, and :kernels (all that were built)."""
     cc_library(name = "common", hdrs = COMMON_HDRS)
-    built, skipped = [], []
+    built, skipped, ptxas = [], [], []
     for name, ext in EXTENSIONS.items():
         deps = [":common"]
         if ext["cuda_srcs"]:
@@ -27,9 +27,12 @@ def kernel_extensions():
                 nvcc_flags = NVCC_FLAGS,
             )
             deps.append(":" + name + "_cuda")
+            # nvcc's -Xptxas=-v reports of this extension, for //cc/kernels:ptxas_report_test.
+            native.filegroup(name = name + "_ptxas", srcs = [":" + name + "_cuda"], output_group = "ptxas_reports")
+            ptxas.append(":" + name + "_ptxas")
         pybind_extension(
             name = name,
-            srcs = ext["srcs"] + ext["hdrs"],
+            srcs = ext["srcs"] + [h for h in ext["hdrs"] if not h.endswith(".cuh")],  # .cuh: nvcc only
             deps = deps,
             copts = CXX_FLAGS,
             linkopts = LINK_FLAGS,
@@ -39,3 +42,4 @@ def kernel_extensions():
     if skipped:
         print("CUDA extensions skipped (%s): %s" % (CUDA_REASON, ", ".join(skipped)))
     py_library(name = "kernels", deps = built, visibility = ["//visibility:public"])
+    native.filegroup(name = "ptxas_reports", srcs = ptxas, visibility = ["//visibility:public"])

@@ -17,7 +17,9 @@ CXX_FLAGS = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=fast"]
 LINK_FLAGS = ["-fopenmp"]
 
 # nvcc flags for .cu files (the build adds -Xcompiler=-fPIC, -ccbin and the -gencode flags).
-NVCC_FLAGS = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "--extended-lambda", "-lineinfo"]
+# -Xptxas=-v: per-kernel registers, shared memory, stack and spills, kept by both front doors and
+# checked by //cc/kernels:ptxas_report_test (tools/ptxas_report.py).
+NVCC_FLAGS = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "--extended-lambda", "-lineinfo", "-Xptxas=-v"]
 
 # Default GPU targets: Ampere (sm_80) and Hopper with wgmma/TMA (sm_90a).
 # Override without editing: VISIONSSM_CUDA_ARCHS="90a" (both front doors read it).
@@ -58,6 +60,30 @@ EXTENSIONS = {
         "cuda_srcs": [],
         "hdrs": [],
         "cutlass": False,
+    },
+    # Not yet run on a GPU: compiled for CUDA_ARCHS, checked by the host-side index tests and the
+    # ptxas report test only (README, "CUDA kernels").
+    "selective_scan_cuda": {
+        "srcs": ["selective_scan/selective_scan_cuda_module.cc"],
+        "cuda_srcs": ["selective_scan/selective_scan_fwd.cu", "selective_scan/selective_scan_bwd.cu"],
+        "hdrs": [
+            "selective_scan/selective_scan_params.h",
+            "selective_scan/selective_scan_launch.h",
+            "selective_scan/selective_scan_layout.h",
+            "selective_scan/selective_scan_config.h",
+            "selective_scan/selective_scan_io.cuh",
+            "selective_scan/selective_scan_fwd.cuh",
+            "selective_scan/selective_scan_bwd.cuh",
+            "common/cuda_math.cuh",
+            "common/warp_scan.cuh",
+        ],
+        "cutlass": True,
+    },
+    "cross_scan_cuda": {
+        "srcs": ["cross_scan/cross_scan_cuda_module.cc"],
+        "cuda_srcs": ["cross_scan/cross_scan_cuda.cu"],
+        "hdrs": ["cross_scan/cross_scan_cuda.h", "cross_scan/cross_scan_layout.h"],
+        "cutlass": True,
     },
     "hello_cuda": {
         "srcs": ["hello_cuda_module.cc"],

@@ -88,10 +88,7 @@ class CrossMergeFunction(torch.autograd.Function):
 
 def _backend(op, t, backend):
     native = t.dtype in (torch.float32, torch.float64) and t.device.type == "cpu"
-    backend = _common.resolve_backend(op, backend, t.device, cpu_dtype_ok=native)
-    if backend == "cuda":
-        raise NotImplementedError(f"{op}: backend='cuda' has no CUDA kernel yet; use backend='reference'")
-    return backend
+    return _common.resolve_backend(op, backend, t.device, cpu_dtype_ok=native, cuda_extension="cross_scan_cuda")
 
 
 def _check_spatial(name, t, dims, shape_doc):
@@ -111,7 +108,9 @@ def cross_scan(x, backend="auto"):
 
     Backends: "reference" (PyTorch transpose/flip, any floating dtype and device); "cpu" (fused C++
     gather, float32/float64 CPU tensors); "auto" picks "cpu" for float32/float64 CPU tensors and the
-    reference otherwise (CUDA tensors warn once); "cuda" is not implemented yet.
+    reference otherwise (CUDA tensors warn once); "cuda" runs the standalone CUDA kernels
+    (float16/bfloat16/float32/float64; not yet run on a GPU: the first call per dtype/device
+    self-checks against the reference and falls back to it with a warning if they disagree).
     """
     _common.check_tensor("x", x, ndim=4, dtypes=_FLOATS, shape_doc="(B, C, H, W)")
     _check_spatial("x", x, (2, 3), "(B, C, H, W)")
@@ -119,6 +118,9 @@ def cross_scan(x, backend="auto"):
     with _common.op_scope("cross_scan", lambda: 0):  # data movement: 0 FLOPs (py.models.flops)
         if backend == "reference":
             return cross_scan_reference(x)
+        if backend == "cuda":  # standalone CUDA kernels, first-call self-check (py.ops.cross_scan_cuda)
+            from py.ops import cross_scan_cuda
+            return cross_scan_cuda.cross_scan(x)
         return CrossScanFunction.apply(x)
 
 
@@ -140,4 +142,7 @@ def cross_merge(y, backend="auto"):
     with _common.op_scope("cross_merge", lambda: 0):  # data movement: 0 FLOPs (py.models.flops)
         if backend == "reference":
             return cross_merge_reference(y)
+        if backend == "cuda":
+            from py.ops import cross_scan_cuda
+            return cross_scan_cuda.cross_merge(y)
         return CrossMergeFunction.apply(y)

@@ -52,7 +52,9 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     for t in range(L):
         h = dA[..., t] * h + dBu[..., t]
         ys.append((h * Cx[..., t]).sum(-1))
-    y = torch.stack(ys, dim=-1) if ys else u.new_zeros(batch, dim, 0)
+    # L = 0: an empty y that still depends on every input, so each gets a (zero) gradient like the
+    # kernel's, not None.
+    y = torch.stack(ys, dim=-1) if ys else (dA * dBu * Cx).sum(2)
     if D is not None:
         y = y + D.to(cd)[:, None] * u
     if z is not None:
@@ -191,8 +193,11 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     carries no gradient, if return_last_state.
 
     backend: "cpu" (the C++ kernel; 16-bit inputs go through a float32 copy), "reference" (the
-    sequential PyTorch loop, `selective_scan_reference`), "cuda" (not implemented yet: raises), or
-    "auto" (cpu for CPU tensors; CUDA tensors run the reference, with a one-time warning).
+    sequential PyTorch loop, `selective_scan_reference`), "cuda" (the CUDA kernels, float32/16-bit inputs,
+    N <= 256; not yet run on a GPU, so the first call per dtype/device self-checks against the
+    reference and falls back to it with a warning if they disagree), or
+    "auto" (cpu for CPU tensors; cuda for CUDA tensors when the extension is built, else the
+    reference with a one-time warning).
     A, D and delta_bias are checked to be finite (cheap: they are small); the activations are not.
     """
     op = "selective_scan"
@@ -230,7 +235,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     for name, t in (("A", A), ("D", D), ("delta_bias", delta_bias)):
         _common.check_finite(name, t)
 
-    backend = _common.resolve_backend(op, backend, u.device, cpu_dtype_ok=True, cuda_extension=None)
+    cuda_ext = "selective_scan_cuda" if u.dtype != torch.float64 and N <= 256 else None
+    backend = _common.resolve_backend(op, backend, u.device, cpu_dtype_ok=True, cuda_extension=cuda_ext)
     batch, dim, L = u.shape
     # FLOPs (py.models.flops convention, spec §6.2): 9·B·L·D·N for the scan, B·D·L per D/z term.
     flops = lambda: 9 * batch * L * dim * A.shape[1] + batch * dim * L * ((D is not None) + (z is not None))
@@ -239,8 +245,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
 
 def _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, backend, op):
-    if backend == "cuda":
-        raise NotImplementedError(f"{op}: backend='cuda' has no kernel yet; use backend='reference' or 'auto'")
+    if backend == "cuda":  # the CUDA kernels, with a first-call self-check (py.ops.selective_scan_cuda)
+        from py.ops import selective_scan_cuda
+        return selective_scan_cuda.run(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
+                                       selective_scan_reference)
     if backend == "reference":
         return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 

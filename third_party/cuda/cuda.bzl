@@ -34,19 +34,24 @@ def _cuda_library_impl(ctx):
     args += ["-I."]  # workspace-relative includes: #include "cc/kernels/..."
 
     inputs = depset(ctx.files.hdrs, transitive = [cctx.headers, cc_toolchain.all_files])
-    objects = []
+    objects, reports = [], []
     for src in ctx.files.srcs:
-        obj = ctx.actions.declare_file("_objs/%s/%s.pic.o" % (ctx.label.name, src.basename[:-len(src.extension) - 1]))
-        ctx.actions.run(
-            executable = ctx.attr.nvcc,
-            arguments = args + ["-c", src.path, "-o", obj.path],
+        stem = src.basename[:-len(src.extension) - 1]
+        obj = ctx.actions.declare_file("_objs/%s/%s.pic.o" % (ctx.label.name, stem))
+        # nvcc's stderr (with -Xptxas=-v: registers, shared memory, stack and spills per kernel and
+        # architecture) is kept as <stem>.ptxas.txt for tests; on failure it is replayed.
+        report = ctx.actions.declare_file("_objs/%s/%s.ptxas.txt" % (ctx.label.name, stem))
+        ctx.actions.run_shell(
+            command = 'report="$1"; shift; "$@" 2> "$report" || { status=$?; cat "$report" >&2; exit $status; }',
+            arguments = [report.path, ctx.attr.nvcc] + args + ["-c", src.path, "-o", obj.path],
             inputs = depset([src], transitive = [inputs]),
-            outputs = [obj],
+            outputs = [obj, report],
             mnemonic = "NvccCompile",
             progress_message = "nvcc %s (%s)" % (src.short_path, ", ".join(["sm_" + a for a in ctx.attr.archs])),
             use_default_shell_env = True,
         )
         objects.append(obj)
+        reports.append(report)
 
     archive = ctx.actions.declare_file("lib%s.pic.a" % ctx.label.name)
     ar = cc_common.get_tool_for_action(
@@ -80,6 +85,7 @@ def _cuda_library_impl(ctx):
     # Own archive first, then deps (e.g. the static CUDA runtime) so the static link resolves.
     return [
         DefaultInfo(files = depset([archive])),
+        OutputGroupInfo(ptxas_reports = depset(reports)),
         cc_common.merge_cc_infos(cc_infos = [own] + dep_infos),
     ]
 

@@ -1,0 +1,78 @@
+"""Cross-scan / cross-merge on CUDA: binding of `cc.kernels.cross_scan_cuda` (not yet run on a GPU),
+with autograd (each is the other's adjoint) and the first-call self-check."""
+import torch
+
+from py.ops import _cuda_dispatch, _native
+
+EXT = "cross_scan_cuda"
+DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _scan(x):
+    B, C, H, W = x.shape
+    out = torch.empty((B, 4, C, H * W), dtype=x.dtype, device=x.device)
+    if out.numel():
+        _native.require(EXT).scan(_cuda_dispatch.dtype_name(x), x.data_ptr(), list(x.stride()), out.data_ptr(),
+                                  B, C, H, W, _cuda_dispatch.stream_of(x))
+    return out
+
+
+def _merge(y):
+    B, _, C, H, W = y.shape
+    y = y.contiguous()
+    out = torch.empty((B, C, H * W), dtype=y.dtype, device=y.device)
+    if out.numel():
+        _native.require(EXT).merge(_cuda_dispatch.dtype_name(y), y.data_ptr(), out.data_ptr(), B, C, H, W,
+                                   _cuda_dispatch.stream_of(y))
+    return out
+
+
+class CrossScanCudaFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.hw = x.shape[2:]
+        return _scan(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return CrossMergeCudaFn.apply(grad.unflatten(-1, tuple(ctx.hw))).unflatten(-1, tuple(ctx.hw))
+
+
+class CrossMergeCudaFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y):
+        ctx.hw = y.shape[3:]
+        return _merge(y)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return CrossScanCudaFn.apply(grad.unflatten(-1, tuple(ctx.hw))).unflatten(-1, tuple(ctx.hw))
+
+
+def _verified(op, t):
+    from py.ops.cross_scan import cross_merge_reference, cross_scan_reference
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 3, 37, 35, generator=g).to(device=t.device, dtype=t.dtype)  # odd, > one 32x32 tile
+    y = torch.randn(2, 4, 3, 37, 35, generator=g).to(device=t.device, dtype=t.dtype)
+    run = lambda: [_scan(x), _merge(y)]
+    ref = lambda: [cross_scan_reference(x.double()), cross_merge_reference(y.double())]
+    tol = 1e-6 if t.dtype in (torch.float32, torch.float64) else 2e-2
+    return _cuda_dispatch.self_check("cross_scan/cross_merge", t.dtype, t.device, run, ref, tol, tol)
+
+
+def cross_scan(x):
+    """backend='cuda' of py.ops.cross_scan (arguments validated there)."""
+    _cuda_dispatch.check_cuda_tensors("cross_scan", DTYPES, x=x)
+    if not _verified("cross_scan", x):
+        from py.ops.cross_scan import cross_scan_reference
+        return cross_scan_reference(x)
+    return CrossScanCudaFn.apply(x)
+
+
+def cross_merge(y):
+    """backend='cuda' of py.ops.cross_merge (arguments validated there)."""
+    _cuda_dispatch.check_cuda_tensors("cross_merge", DTYPES, y=y)
+    if not _verified("cross_merge", y):
+        from py.ops.cross_scan import cross_merge_reference
+        return cross_merge_reference(y)
+    return CrossMergeCudaFn.apply(y)
