@@ -3,8 +3,8 @@
     ./bazelw run //py/eval:erf -- --model=vmamba_tiny_s1l8 --output=erf/vmamba [--checkpoint=runs/x]
     ./bazelw run //py/eval:erf -- --model=vim_mnist --output=erf/vim_mnist      # MNIST-5k val images
 
-For N images: take the central pixel of the last-stage feature map (Vim: patch tokens reshaped to their
-grid, class token left out), sum its channel mean over the batch, backpropagate to the input and
+For N images: take the central pixel of the model's last feature map (the last tap of
+forward_intermediates, before any final norm: feature_map below), sum its channel mean over the batch, backpropagate to the input and
 accumulate |grad| summed over input channels; average over images. Written to --output:
   erf.npy   the raw averaged map (H, W);
   erf.png   log10(1 + 10^k · map / max) / log10(1 + 10^k), k = --decades (RepLKNet's log10(x + 1) with
@@ -13,7 +13,6 @@ accumulate |grad| summed over input channels; average over images. Written to --
             centred square holding p of the mass, for the raw map and the log-scaled one, and the
             smallest fraction of pixels holding p of the raw mass.
 Inputs: --data_path (ImageFolder val/), else MNIST-5k val for 1-channel 28x28 models, else N(0, 1).
-DyVM models run with keep_ratio 1 so that every patch keeps its place in the map.
 """
 import json
 
@@ -52,8 +51,6 @@ def load_model(name, checkpoint=None, model_kwargs=None, img_size=None, in_chans
             raise common.UsageError(f"--model_kwargs is not valid JSON: {exc}")
         if not isinstance(kwargs, dict):
             raise common.UsageError("--model_kwargs must be a JSON object")
-    if name.startswith("dyvm_"):
-        kwargs["keep_ratio"] = 1.0  # pruned tokens would leave holes in the token grid
     img_size = img_size or (run_cfg or {}).get("img_size") or reg["input_size"][-1]
     in_chans = in_chans or (run_cfg or {}).get("in_chans") or reg["input_size"][0]
     state = None
@@ -77,34 +74,11 @@ def load_model(name, checkpoint=None, model_kwargs=None, img_size=None, in_chans
 
 
 def feature_map(model, x):
-    """The last-stage feature map (B, C, h, w): forward_features (Vim/DyVM: patch tokens on their grid;
-    PVMamba: before its final LayerNorm)."""
-    from py.models.pvmamba import PVMamba
-    from py.models.vim import VisionMamba
-    if isinstance(model, VisionMamba):
-        t = model.forward_features(x)  # (B, M+1, d), class token in the middle
-        if t.shape[1] != model.num_patches + 1:
-            raise ValueError(f"{type(model).__name__} returned {t.shape[1]} tokens for {model.num_patches} patches "
-                             "(pruned?); run DyVM with keep_ratio=1")
-        c = (t.shape[1] - 1) // 2
-        t = torch.cat([t[:, :c], t[:, c + 1:]], dim=1)
-        return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], *model.grid_size)
-    if isinstance(model, PVMamba) and not model.features_only:
-        # The map *before* forward_features' final LayerNorm (VMamba's forward_features is pre-norm too):
-        # the channel mean of a LayerNorm output is constant at init, which would make the ERF vanish.
-        seen = []
-        hook = model.norm.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
-        try:
-            shape = model.forward_features(x).shape  # (B, h, w, C)
-        finally:
-            hook.remove()
-        return seen[-1].transpose(1, 2).reshape(shape[0], shape[3], shape[1], shape[2])
-    f = model.forward_features(x)
-    if isinstance(f, (list, tuple)):
-        f = f[-1]
-    if f.dim() != 4:
-        raise ValueError(f"forward_features of {type(model).__name__} gave shape {tuple(f.shape)}, not a 2-D map")
-    return f
+    """The model's last tap of its intermediate-features contract (py.models.features), before any final
+    norm: (B, C, h, w). One rule for every family (VMamba/PVMamba: the last stage; Vim: the patch tokens
+    of the last layer on their grid; DyVM: the same with pruned tokens scattered back). Before the norm
+    because a LayerNorm's output has a constant channel mean, which would make the ERF vanish."""
+    return model.forward_intermediates(x, indices=1, intermediates_only=True)[0]
 
 
 def input_gradients(model, x, features=feature_map):

@@ -19,18 +19,17 @@ Limits:
     with its native kernel. The reference SSD (VMamba m0) and PVMamba are plain tensor ops.
   * The ops' NaN/inf checks branch on tensor values, which graph capture cannot trace; they skip
     themselves while tracing (py.ops._common.check_finite), so the parameters are checked once here.
-  * DyVM: each layer's two SSM branches sit under torch.cond on their gate, so a skipped branch is
-    not computed in the exported program either; token pruning keeps its fixed top-K sizes.
+  * Models with data-dependent control flow switch it to a traceable form in
+    py.models.export_mode (DyVM: each layer's two SSM branches under torch.cond on their gate, so a
+    skipped branch is not computed in the exported program either; token pruning keeps its fixed
+    top-K sizes; batch 1 only).
   * ONNX needs the `onnx` and `onnxscript` packages (torch.onnx's exporter is built on them); without
     them --format=onnx stops with an error naming the missing package. The ONNX path is otherwise the
     same traced program; it could not be run here (neither package is installed in this environment).
 """
 import contextlib
-import importlib
 import importlib.util
 import sys
-import types
-import warnings
 
 import torch
 from absl import flags
@@ -75,52 +74,15 @@ def _check_parameters_finite(model):
         raise ExportError(f"parameters with NaN/inf cannot be exported: {bad[:10]}")
 
 
-def _cond_branch(self, xz, on, backward, mask):
-    """DynamicBiMamba._run_subset for export: batch 1, the branch under torch.cond on its gate."""
-    if xz.shape[0] != 1:
-        raise ExportError("DyVM exports with batch 1 only (the branch gates are per image)")
-
-    def run(xz):
-        return self.ssm_branch(xz, backward, mask).to(xz.dtype)
-
-    def skip(xz):
-        return xz.new_zeros(xz.shape[0], self.d_inner, xz.shape[-1])
-
-    return torch.cond(on[0], run, skip, (xz,))
-
-
-@contextlib.contextmanager
-def _static_dyvm_gates(model):
-    """DyVM's inference picks the images whose gate is on (`nonzero`, a data-dependent size), which
-    graph capture cannot trace; at batch 1 the same choice is a torch.cond per branch. DyVM also logs
-    its gates on itself during forward: that bookkeeping is restored so no traced value leaks out."""
-    dyvm = importlib.import_module("py.models.dyvm")
-    mixers = [m for m in model.modules() if isinstance(m, dyvm.DynamicBiMamba)]
-    logs = [(m, {k: getattr(m, k) for k in _DYVM_LOGS}) for m in model.modules() if isinstance(m, dyvm.DyVM)]
-    for m in mixers:
-        m._run_subset = types.MethodType(_cond_branch, m)
-    try:
-        yield
-    finally:
-        for m in mixers:
-            del m._run_subset
-        for m, saved in logs:
-            for k, v in saved.items():
-                setattr(m, k, v)
-
-
-_DYVM_LOGS = ("last_block_policy", "_eval_gate_sum", "_eval_gate_count")
-
-
 @contextlib.contextmanager
 def traceable(model):
-    """Context in which `model` can be traced by torch.export (see the module doc, Limits)."""
-    common = importlib.import_module("py.ops._common")
+    """Context in which `model` can be traced by torch.export (see the module doc, Limits): the ops'
+    plain-PyTorch references (py.ops.force_backend) and the models' own export switches
+    (py.models.export_mode)."""
+    import py.models as models
+    from py.ops import force_backend
     _check_parameters_finite(model)
-    with common.force_backend("reference"), _static_dyvm_gates(model), \
-            warnings.catch_warnings():
-        # DyVM's gate log assigned during tracing is restored afterwards (_static_dyvm_gates)
-        warnings.filterwarnings("ignore", message="The tensor attributes .* were assigned during export")
+    with force_backend("reference"), models.export_mode(model):
         yield
 
 

@@ -24,9 +24,9 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 from absl import app, flags
 
+import py.models as models
 from py.eval import common
 from py.eval.model_table import params_and_flops
 from py.training import checkpoint, engine, optim
@@ -155,21 +155,19 @@ def inference_step(model, batch, img_size, device):
 
 
 def training_step(model, batch, img_size, device, num_classes):
-    """forward + backward + AdamW step on random images and labels (DyVM: its own loss)."""
+    """forward + backward + AdamW step on random images and labels, with the model's own training
+    objective (py.models.build_task)."""
     model.train()
     x = torch.randn(batch, model.default_cfg["input_size"][0], img_size, img_size, device=device)
     y = torch.randint(0, num_classes, (batch,), device=device)
     optimizer = optim.build_optimizer(model, lr=1e-4, weight_decay=0.05)
     scaler = torch.amp.GradScaler(device.type, enabled=FLAGS.amp == "fp16")
-    loss_module = model.build_loss(teacher=None) if hasattr(model, "build_loss") else None
+    task = models.build_task(model)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
         with engine.autocast(device.type, FLAGS.amp):
-            if loss_module is not None:
-                loss, _ = loss_module(model, x, y)
-            else:
-                loss = F.cross_entropy(model(x).float(), y)
+            loss, _ = task.loss(model, x, y)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()

@@ -24,6 +24,8 @@ Modes and outputs:
 attributes, so ρ can be changed on a trained model before inference. `dynamic_blocks=False` forces every
 branch on (token pruning only).
 """
+import contextlib
+import warnings
 from typing import List, NamedTuple
 
 import torch
@@ -144,6 +146,7 @@ class DynamicBiMamba(BiMamba):
     def __init__(self, d_model, **kwargs):
         super().__init__(d_model, **kwargs)
         self.block_head = nn.Linear(2 * self.d_inner, 2, bias=True)
+        self.static_gates = False  # DyVM.export_mode(): a torch.cond per branch instead of `nonzero`
 
     def gates(self, xz, cls_pos):
         b = xz.shape[0]
@@ -152,6 +155,8 @@ class DynamicBiMamba(BiMamba):
 
     def _run_subset(self, xz, on, backward, mask):
         """Runs a branch only on the images with gate `on` (B,) set; zeros elsewhere (inference)."""
+        if self.static_gates:
+            return self._run_cond(xz, on, backward, mask)
         idx = on.nonzero().squeeze(1)
         if idx.numel() == xz.shape[0]:
             return self.ssm_branch(xz, backward, mask)
@@ -160,6 +165,15 @@ class DynamicBiMamba(BiMamba):
             return out
         y = self.ssm_branch(xz[idx], backward, None if mask is None else mask[idx])
         return out.index_copy(0, idx, y.to(out.dtype))
+
+    def _run_cond(self, xz, on, backward, mask):
+        """The same choice, traceable: batch 1, the branch under torch.cond on its gate."""
+        if xz.shape[0] != 1:
+            raise ValueError(f"DyVM in export mode runs batch 1 only (its branch gates are per image), "
+                             f"got batch {xz.shape[0]}")
+        run = lambda xz: self.ssm_branch(xz, backward, mask).to(xz.dtype)
+        skip = lambda xz: xz.new_zeros(xz.shape[0], self.d_inner, xz.shape[-1])
+        return torch.cond(on[0], run, skip, (xz,))
 
     def forward(self, h, mask=None, cls_pos=0, dynamic=True):
         xz = self.in_proj(h).transpose(1, 2)                                   # (B, 2di, L)
@@ -406,6 +420,25 @@ class DyVM(VisionMamba):
             return intermediates
         hidden, residual, _ = last
         return self.final_norm(hidden, residual), intermediates
+
+    @contextlib.contextmanager
+    def export_mode(self):
+        """Graph capture (torch.export): the inference path's data-dependent branch choice (`nonzero`)
+        becomes a torch.cond per branch (batch 1), and the gate log this forward keeps on the model
+        is restored afterwards, so no traced value leaks out of the export."""
+        saved = {k: getattr(self, k) for k in ("last_block_policy", "_eval_gate_sum", "_eval_gate_count")}
+        mixers = [m for m in self.modules() if isinstance(m, DynamicBiMamba)]
+        for m in mixers:
+            m.static_gates = True
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="The tensor attributes .* were assigned during export")
+                yield self
+        finally:
+            for m in mixers:
+                m.static_gates = False
+            for k, v in saved.items():
+                setattr(self, k, v)
 
     def forward(self, x):
         if self.features_only:

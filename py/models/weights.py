@@ -244,7 +244,7 @@ def read(source, trust_pickle=False):
     """Reads a weights source (see the module doc) into a Checkpoint; WeightsError if unusable."""
     path = pathlib.Path(source)
     if not path.exists():
-        raise WeightsError(f"weights {path} do not exist")
+        raise WeightsError(f"weights not found: {path} does not exist")
     if path.is_dir():
         if is_step_dir(path):
             return _read_step_dir(path)

@@ -45,7 +45,7 @@ def test_strided_vmamba_stem_erf_stays_inside_its_receptive_field():
 
 SMALL = {
     "vim_mnist": (dict(img_size=28, num_classes=10, depth=2, embed_dim=32), (1, 28, 28), (32, 7, 7)),
-    "dyvm_vim_tiny": (dict(img_size=32, patch_size=8, depth=4, embed_dim=32, keep_ratio=1.0, pruning_loc=(1, 2, 3)),
+    "dyvm_vim_tiny": (dict(img_size=32, patch_size=8, depth=4, embed_dim=32, pruning_loc=(1, 2, 3)),
                       (3, 32, 32), (32, 4, 4)),
     "vmamba_tiny_s1l8": (dict(img_size=64, dims=16, depths=(1, 1, 1, 1)), (3, 64, 64), (128, 2, 2)),
     "vmamba_tiny_ssd": (dict(img_size=64, dims=32, depths=(1, 1, 1, 1), ssm_d_state=8), (3, 64, 64), (256, 2, 2)),
@@ -61,12 +61,16 @@ def test_every_family_gives_a_2d_map_and_a_global_erf(name):
     x = torch.randn(2, *shape)
     f = erf.feature_map(model, x)
     assert tuple(f.shape) == (2, *fshape)
-    if name.startswith(("vim", "dyvm")):  # patch tokens in row-major grid order, class token left out
-        tokens = model.forward_features(x)
+    # The last tap of the contract, before any final norm; Vim/DyVM: patch tokens in row-major grid order.
+    tokens = model.forward_intermediates(x, indices=1, output_fmt="NLC" if name.startswith(("vim", "dyvm"))
+                                         else "NCHW", intermediates_only=True)[0]
+    if tokens.dim() == 3:
         c = model.cls_pos
         assert torch.allclose(f[:, :, 0, 0], tokens[:, 0]) and torch.allclose(f[:, :, -1, -1], tokens[:, -1])
         row, col = divmod(c, model.grid_size[1])
-        assert torch.allclose(f[:, :, row, col], tokens[:, c + 1])
+        assert torch.allclose(f[:, :, row, col], tokens[:, c])
+    else:
+        assert torch.equal(f, tokens)
     raw = erf.compute_erf(model, [x])
     assert raw.shape == shape[1:] and np.isfinite(raw).all() and raw.min() >= 0
     assert (raw > 0).mean() > 0.9  # every family mixes globally (random weights)

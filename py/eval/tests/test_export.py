@@ -164,4 +164,4 @@ def test_convert_cli_reports_mismatches(tmp_path, capsys):
     assert "shape mismatch: layers.0.mixer.D: expected (64,), got (3,)" in capsys.readouterr().err
     assert convert.main(["convert", "--model=vim_tiny", f"--input={tmp_path / 'none.pth'}",
                          f"--output={tmp_path / 'o.safetensors'}"]) == 2
-    assert "checkpoint not found" in capsys.readouterr().err
+    assert "weights not found" in capsys.readouterr().err

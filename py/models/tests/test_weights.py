@@ -125,7 +125,7 @@ def test_non_tensor_entries_and_missing_paths(tmp_path):
     torch.save({"a": 1, "b": "x"}, tmp_path / "d.pth")
     with pytest.raises(weights.WeightsError, match="not named tensors"):
         weights.read(tmp_path / "d.pth")
-    with pytest.raises(weights.WeightsError, match="do not exist"):
+    with pytest.raises(weights.WeightsError, match="weights not found"):
         weights.read(tmp_path / "nope.safetensors")
     (tmp_path / "empty_dir").mkdir()
     with pytest.raises(weights.WeightsError, match="neither a weights file nor a trainer run"):
