@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from timm.loss import SoftTargetCrossEntropy
 
+from py.models import interop
 from py.models.features import check_output_fmt, take_indices
 from py.models.registry import imagenet_cfg, register_model
 from py.models.vim import VIM_CFGS, VIM_DEFAULTS, BiMamba, Block, VisionMamba
@@ -450,6 +451,15 @@ class DyVM(VisionMamba):
         _, other_t = split_cls(tokens, st["cls_pos"])
         return DyVMOutput(logits, other_t, st["token_policy"].detach(), st["pred_decisions"],
                           st["current_pos"], st["block_policy"])
+
+
+interop.register_family(
+    "dyvm", DyVM,
+    key_rules=(interop.KeyRule("score_predictors.{rest}", "score_predictor.{rest}",
+                               "DyVM names its PredictorLG list `score_predictors`; ours is `score_predictor`"),),
+    hints=((r"^(score_predictor\.|layers\.\d+\.mixer\.block_head\.)",
+            "if this is a plain Vim checkpoint (no score predictors or block heads), initialise DyVM "
+            "from it with DyVM.load_pretrained_vim(path) (the DyVM recipe) instead"),))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -5,11 +5,11 @@
     official = interop.to_official(model)                       # our weights in the official layout
 
 Our models were written from the same specs as the official code and keep its module names, so
-most keys are identical. What differs is listed below as data, per family:
-
-  * KEY_RULES: renames, written as templates ("score_predictors.{rest}" <-> "score_predictor.{rest}");
+most keys are identical. What differs is data, per family; each family module registers its rules
+next to its model (register_family), so this module imports no family:
+  * key rules: renames, written as templates ("score_predictors.{rest}" <-> "score_predictor.{rest}");
     each works both ways.
-  * TENSOR_RULES: reshapes of tensors whose stored layout differs from ours, matched on our key.
+  * tensor rules: reshapes of tensors whose stored layout differs from ours, matched on our key.
 
 Verified (py/models/tests/test_interop.py builds official key/shape lists from the specs and the
 official sources) to be the identity apart from these rules:
@@ -35,10 +35,9 @@ from typing import Callable, Optional
 
 import torch
 
-__all__ = ["CheckpointMismatch", "FAMILIES", "KEY_RULES", "TENSOR_RULES", "family_of", "strip_prefixes",
-           "to_ours", "to_official", "check_state_dict", "load_official", "save_state_dict"]
+__all__ = ["CheckpointMismatch", "FAMILIES", "KeyRule", "TensorRule", "family_of", "register_family",
+           "strip_prefixes", "to_ours", "to_official", "check_state_dict", "load_official", "save_state_dict"]
 
-FAMILIES = ("vmamba", "vim", "dyvm", "pvmamba")
 PREFIXES = ("module.", "_orig_mod.")  # DDP / torch.compile wrappers
 
 
@@ -66,60 +65,30 @@ class TensorRule:
     why: str
 
 
-def _linear_from_conv1x1(t, shape):
-    """(out, in, 1, 1) conv weight -> (out, in) Linear weight."""
-    if t.dim() == 4 and t.shape[2:] == (1, 1) and tuple(t.shape[:2]) == tuple(shape):
-        return t.flatten(1)
-    return None
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """One model family's conversion rules, registered by its own module (register_family)."""
+    cls: type
+    key_rules: tuple = ()
+    tensor_rules: tuple = ()
+    hints: tuple = ()  # (regex on a reported key, advice appended to a mismatch error)
 
 
-def _per_channel_a_log(t, shape):
-    """Per-head A_log (nheads,) -> per-channel (d_inner,): head h's value for its P channels."""
-    if t.dim() == 1 and len(shape) == 1 and t.numel() and shape[0] % t.numel() == 0:
-        return t.repeat_interleave(shape[0] // t.numel())
-    return None
+FAMILIES = {}  # name -> Family, filled as the family modules are imported (py.models imports all)
 
 
-KEY_RULES = {
-    "vmamba": (),
-    "vim": (),
-    "dyvm": (
-        KeyRule("score_predictors.{rest}", "score_predictor.{rest}",
-                "DyVM names its PredictorLG list `score_predictors`; ours is `score_predictor`"),
-    ),
-    "pvmamba": (),
-}
+def register_family(name, cls, key_rules=(), tensor_rules=(), hints=()):
+    """Called by each family module next to its model class: its renames, reshapes and hints."""
+    if name in FAMILIES and FAMILIES[name].cls is not cls:
+        raise ValueError(f"model family {name!r} is registered twice")
+    FAMILIES[name] = Family(cls, tuple(key_rules), tuple(tensor_rules), tuple(hints))
 
-TENSOR_RULES = {
-    "vmamba": (
-        TensorRule(r"(^|\.)(in_proj|out_proj|fc1|fc2)\.weight$", _linear_from_conv1x1, None,
-                   "VMamba's Linear2d also loads 1x1-conv-shaped weights (out, in, 1, 1); the "
-                   "official state dict itself stores (out, in), as we do"),
-    ),
-    "vim": (),
-    "dyvm": (),
-    "pvmamba": (
-        TensorRule(r"\.token_mixer\.A_log$", _per_channel_a_log, None,
-                   "checkpoints from before PVMamba commit ce327d3 store A per head (nheads,); the "
-                   "current code (and ours) has A per channel (d_inner,). Repeating each head's value "
-                   "over its P channels gives the same dA = dt * A (spec pvmamba.md section 6.5)"),
-    ),
-}
 
-# Extra advice appended to a mismatch error when a reported key matches the regex.
-HINTS = {
-    "pvmamba": (
-        (r"\.token_mixer\.(D|dt_bias|in_proj\.weight)$",
-         "PVMamba-B exists with heads (2, 4, 8, 16) (base.yaml, our default) and (3, 6, 12, 24) (the "
-         "upstream builder); build with the checkpoint's heads, e.g. "
-         "model_kwargs {\"num_heads\": [3, 6, 12, 24]}"),
-    ),
-    "dyvm": (
-        (r"^(score_predictor\.|layers\.\d+\.mixer\.block_head\.)",
-         "if this is a plain Vim checkpoint (no score predictors or block heads), initialise DyVM "
-         "from it with DyVM.load_pretrained_vim(path) (the DyVM recipe) instead"),
-    ),
-}
+def _rules(family, kind):
+    entry = FAMILIES.get(family)
+    return getattr(entry, kind) if entry is not None else ()
+
+
 _ANY = (
     (r"(^|\.)head\.(weight|bias)$",
      "the classifier size differs: build the model with the checkpoint's num_classes"),
@@ -147,24 +116,22 @@ def _rename(key, rules, src, dst):
 # Families and prefixes
 # ----------------------------------------------------------------------------------------------
 def family_of(model_or_name, default=ValueError):
-    """"vmamba" | "vim" | "dyvm" | "pvmamba" for one of our models (instance or registered name);
-    for anything else `default` if given, else ValueError."""
+    """The registered family name ("vmamba", "vim", "dyvm", "pvmamba", ...) of one of our models
+    (instance or registered name); for anything else `default` if given, else ValueError."""
     if isinstance(model_or_name, str):
         family = model_or_name.split("_")[0]
-        if family not in FAMILIES:
-            if default is not ValueError:
-                return default
-            raise ValueError(f"cannot tell the family of model {model_or_name!r}; expected a name "
-                             f"starting with one of {FAMILIES}")
-        return family
-    from py.models import dyvm, pvmamba, vim, vmamba
-    for family, cls in (("dyvm", dyvm.DyVM), ("vim", vim.VisionMamba), ("vmamba", vmamba.VMamba),
-                        ("pvmamba", pvmamba.PVMamba)):  # DyVM first: it subclasses VisionMamba
-        if isinstance(model_or_name, cls):
+        if family in FAMILIES:
             return family
+        what = f"model {model_or_name!r}; expected a name starting with one of {tuple(FAMILIES)}"
+    else:
+        matches = [(name, f.cls) for name, f in FAMILIES.items() if isinstance(model_or_name, f.cls)]
+        for name, cls in matches:  # the most derived class wins (DyVM subclasses Vim)
+            if all(issubclass(cls, other) for _, other in matches):
+                return name
+        what = f"{type(model_or_name).__name__}: not one of our model families {tuple(FAMILIES)}"
     if default is not ValueError:
         return default
-    raise ValueError(f"{type(model_or_name).__name__} is not one of our model families {FAMILIES}")
+    raise ValueError(f"cannot tell the family of {what}")
 
 
 def strip_prefixes(state, prefixes=PREFIXES):
@@ -199,10 +166,10 @@ def to_ours(model, state, family=None):
     expected = _shapes(model)
     out = OrderedDict()
     for key, value in strip_prefixes(state).items():
-        key = _rename(key, KEY_RULES.get(family, ()), "official", "ours")
+        key = _rename(key, _rules(family, "key_rules"), "official", "ours")
         want = expected.get(key)
         if want is not None and tuple(value.shape) != want:
-            for rule in TENSOR_RULES.get(family, ()):
+            for rule in _rules(family, "tensor_rules"):
                 if re.search(rule.ours, key):
                     converted = rule.to_ours(value, want)
                     if converted is not None:
@@ -223,16 +190,16 @@ def to_official(model_or_state, family=None):
     else:
         state = model_or_state
         if family is None:
-            raise ValueError("to_official(state_dict) needs family= (one of %s)" % (FAMILIES,))
+            raise ValueError(f"to_official(state_dict) needs family= (one of {tuple(FAMILIES)})")
     if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+        raise ValueError(f"unknown family {family!r}; expected one of {tuple(FAMILIES)}")
     out = OrderedDict()
     for key, value in state.items():
-        for rule in TENSOR_RULES[family]:
+        for rule in _rules(family, "tensor_rules"):
             if rule.to_official is not None and re.search(rule.ours, key):
                 value = rule.to_official(value)
                 break
-        out[_rename(key, KEY_RULES[family], "ours", "official")] = value
+        out[_rename(key, _rules(family, "key_rules"), "ours", "official")] = value
     return out
 
 
@@ -272,7 +239,7 @@ def check_state_dict(model, state, family=None, what=None):
                   if k in expected and tuple(v.shape) != expected[k]]
     if missing or unexpected or mismatched:
         reported = missing + unexpected + [m[0] for m in mismatched]
-        hints = [text for pattern, text in HINTS.get(family, ()) + _ANY
+        hints = [text for pattern, text in _rules(family, "hints") + _ANY
                  if any(re.search(pattern, k) for k in reported)]
         raise CheckpointMismatch(what or type(model).__name__, missing, unexpected, mismatched, hints)
 

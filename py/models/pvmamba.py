@@ -70,6 +70,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_, to_2tuple
 
+from py.models import interop
 from py.models.features import FeatureInfo, check_output_fmt, checkpointed, take_indices
 from py.models.registry import imagenet_cfg, register_model
 
@@ -598,6 +599,26 @@ class PVMamba(nn.Module):
             return [getattr(self, f"outnorm{i}")(f.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
                     for i, f in zip(self.out_indices, feats)]
         return self.forward_head(self.forward_features(x))
+
+
+def _per_channel_a_log(t, shape):
+    """Per-head A_log (nheads,) -> per-channel (d_inner,): head h's value for its P channels."""
+    if t.dim() == 1 and len(shape) == 1 and t.numel() and shape[0] % t.numel() == 0:
+        return t.repeat_interleave(shape[0] // t.numel())
+    return None
+
+
+interop.register_family(
+    "pvmamba", PVMamba,
+    tensor_rules=(interop.TensorRule(
+        r"\.token_mixer\.A_log$", _per_channel_a_log, None,
+        "checkpoints from before PVMamba commit ce327d3 store A per head (nheads,); the current code (and "
+        "ours) has A per channel (d_inner,). Repeating each head's value over its P channels gives the "
+        "same dA = dt * A (spec pvmamba.md section 6.5)"),),
+    hints=((r"\.token_mixer\.(D|dt_bias|in_proj\.weight)$",
+            "PVMamba-B exists with heads (2, 4, 8, 16) (base.yaml, our default) and (3, 6, 12, 24) (the "
+            "upstream builder); build with the checkpoint's heads, e.g. "
+            "model_kwargs {\"num_heads\": [3, 6, 12, 24]}"),))
 
 
 def _build(name, num_classes=1000, img_size=224, **overrides):

@@ -6,6 +6,8 @@ exposes `forward_features`, `forward_head`, `num_classes`, `reset_classifier` an
 """
 import fnmatch
 
+from py.models import weights as weights_path
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -99,6 +101,5 @@ def create_model(name, pretrained=None, num_classes=None, img_size=None, **overr
 def load_checkpoint(model, path, weights="model", adapt=False, trust_pickle=False):
     """Loads weights into `model` through py.models.weights (read, convert official layouts, validate,
     strict load); adapt=True also adapts them for fine-tuning. Raises weights.WeightsError."""
-    from py.models import weights as weights_path  # lazy: it imports the families' conversion rules
     weights_path.load_into(model, path, weights=weights, adapt=adapt, trust_pickle=trust_pickle)
     return model

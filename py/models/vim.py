@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, RmsNorm, lecun_normal_, to_2tuple, trunc_normal_
 
+from py.models import interop
 from py.models.features import FeatureInfo, check_output_fmt, checkpointed, take_indices
 from py.models.registry import imagenet_cfg, register_model
 
@@ -381,6 +382,9 @@ class VisionMamba(nn.Module):
             notices.append(f"pos_embed resampled from a {old}x{old} to a {self.grid_size[0]}x{self.grid_size[1]} "
                            "patch grid (bicubic; class-token entry kept)")
         return state
+
+
+interop.register_family("vim", VisionMamba)  # official keys are ours (py/models/interop.py)
 
 
 def resample_pos_embed(pos_embed, grid_size):

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from timm.layers import DropPath, LayerNorm2d, trunc_normal_
 
+from py.models import interop
 from py.models.features import FeatureInfo, check_output_fmt, nchw_to, take_indices
 from py.models.registry import imagenet_cfg, register_model
 from py.ops.cross_scan import cross_merge, cross_scan
@@ -495,6 +496,20 @@ class VMamba(nn.Module):
             feats = self.forward_intermediates(x, self.out_indices, stop_early=True, intermediates_only=True)
             return [getattr(self, f"outnorm{i}")(f) for i, f in zip(self.out_indices, feats)]
         return self.forward_head(self.forward_features(x))
+
+
+def _linear_from_conv1x1(t, shape):
+    """(out, in, 1, 1) conv weight -> (out, in) Linear weight."""
+    if t.dim() == 4 and t.shape[2:] == (1, 1) and tuple(t.shape[:2]) == tuple(shape):
+        return t.flatten(1)
+    return None
+
+
+interop.register_family("vmamba", VMamba, tensor_rules=(
+    interop.TensorRule(r"(^|\.)(in_proj|out_proj|fc1|fc2)\.weight$", _linear_from_conv1x1, None,
+                       "VMamba's Linear2d also loads 1x1-conv-shaped weights (out, in, 1, 1); the "
+                       "official state dict itself stores (out, in), as we do"),
+))
 
 
 # ----------------------------------------------------------------------------------------------

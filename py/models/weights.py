@@ -37,6 +37,8 @@ from typing import Optional
 
 import torch
 
+from py.models import interop
+
 log = logging.getLogger(__name__)
 
 FORMAT = "visionssm-checkpoint/2"
@@ -187,7 +189,6 @@ class Checkpoint:
 
 
 def _strip_prefixes(state):
-    from py.models import interop
     try:
         return interop.strip_prefixes(state)
     except ValueError as exc:
@@ -324,7 +325,6 @@ def _adapt(model, state, notices):
 def prepare(model, state, adapt=False, source="checkpoint", notices=None):
     """A state dict ready for model.load_state_dict(strict=True): converted from the official layout,
     adapted for fine-tuning if asked, checked finite and against the model's keys and shapes."""
-    from py.models import interop  # lazy: interop looks up the model families
     notices = [] if notices is None else notices
     try:
         state = dict(interop.to_ours(model, state))
