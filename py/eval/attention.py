@@ -17,13 +17,15 @@ of |α|; --channel=K shows one channel's |α|. Written to --output:
                          matrix row reproduces the op's output at the query token).
 --token=ROW,COL is in the token grid of the first SSM layer (the finest) and is mapped to coarser grids.
 """
+import sys
+
 import numpy as np
 import torch
-from absl import app, flags
+from absl import flags
 
 from py.eval import attention_maps as am
+from py.common import cli
 from py.eval import common
-from py.eval.erf import load_model
 
 FLAGS = flags.FLAGS
 MAX_MATRIX_TOKENS = 400  # default matrix layer: the selected layer with the most tokens up to this
@@ -218,10 +220,8 @@ def plot_matrix(path, layer, idx, matrix, scan_matrix, title):
 
 
 def define_flags():
-    flags.DEFINE_string("model", None, "registered model name (or taken from --checkpoint's run)")
-    flags.DEFINE_string("checkpoint", None, "trainer run directory / checkpoint directory / weights file "
-                        "(default: random weights)")
-    flags.DEFINE_string("model_kwargs", None, "JSON dict of model config overrides, e.g. '{\"depth\": 4}'")
+    cli.define_model_flags(FLAGS)
+    cli.define_runtime_flags(FLAGS)
     flags.DEFINE_string("output", None, "output directory")
     flags.DEFINE_integer("img_size", None, "input resolution (default: the run's, else the model's registered)")
     flags.DEFINE_integer("in_chans", None, "input channels (default: the run's, else the model's registered)")
@@ -235,8 +235,6 @@ def define_flags():
     flags.DEFINE_float("decades", 3.0, "dynamic range of the log-scaled overlays")
     flags.DEFINE_enum("dtype", "float64", ["float64", "float32"], "precision of the forward pass")
     flags.DEFINE_integer("seed", 0, "seed of the random weights and the random image")
-    flags.DEFINE_integer("threads", 0, "CPU threads for torch (0: torch's default)")
-    common.define_weights_flags()
 
 
 def main():
@@ -245,10 +243,10 @@ def main():
     if FLAGS.decades <= 0:
         raise common.UsageError(f"--decades must be > 0, got {FLAGS.decades}")
     token = parse_token(FLAGS.token)
-    if FLAGS.threads:
-        torch.set_num_threads(FLAGS.threads)
+    cli.set_threads(FLAGS.threads)
     torch.manual_seed(FLAGS.seed)
-    model, info = load_model(FLAGS.model, FLAGS.checkpoint, FLAGS.model_kwargs, FLAGS.img_size, FLAGS.in_chans)
+    model, info = common.load_model(FLAGS.model, FLAGS.checkpoint, FLAGS.model_kwargs, FLAGS.img_size, FLAGS.in_chans,
+                                    FLAGS.weights, FLAGS.trust_pickle)
     x, source = load_input(info, FLAGS.image, FLAGS.index, FLAGS.seed)
     dtype = getattr(torch, FLAGS.dtype)
     model, x = model.to(dtype), x.to(dtype)
@@ -300,11 +298,10 @@ def main():
     plot_matrix(out / "attention_matrix.png", mlayer, mpick, matrix, scan, title)
     np.save(out / "attention_matrix.npy", matrix)
     np.savez(out / "attention_rows.npz", **rows)
-    from py.training import checkpoint
     report = dict(info, **source, dtype=FLAGS.dtype, channel=FLAGS.channel, token=list(token),
                   num_ssm_layers=len(layers), all_layers=[l.name for l in layers], layers=report_layers,
                   matrix_layer=dict(index=mpick, name=mlayer.name, tokens=mlayer.num_tokens))
-    checkpoint.write_json(out / "attention.json", report)
+    common.write_json(out / "attention.json", report)
     worst = max(l["row_check_relative_error"] for l in report_layers)
     print(f"attention maps of {info['model']} ({len(picks)} of {len(layers)} SSM layers) written to {out}; "
           f"matrix rows reproduce the scan outputs to {worst:.1e} (relative)")
@@ -313,7 +310,7 @@ def main():
 
 def run():
     define_flags()
-    app.run(lambda argv: common.run_main(main, argv), flags_parser=common.parse_flags_or_exit)
+    sys.exit(cli.run(main, sys.argv, FLAGS, __doc__))
 
 
 if __name__ == "__main__":

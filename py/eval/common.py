@@ -1,58 +1,14 @@
-"""Helpers shared by the eval tools: flag parsing (exit code 2), paths, device choice, model loading.
+"""What the eval tools share beyond the command-line layer (py.common.cli): building and loading models.
 
 A model comes from a trainer run (runs/<name>/, its checkpoints/ or one checkpoints/step_*/ directory,
 with the run's resolved config in config.json) or from a single weights file plus a model name; both
 are read by py.models.weights.
-Results are written with py.training.checkpoint.write_json (temp file + fsync + rename).
+Results are written with py.common.files.write_json (temp file + fsync + rename).
 """
-import sys
-
-import torch
-from absl import flags
-
 import py.models as models
+from py.common.cli import UsageError, parse_json_dict, pick_device  # noqa: F401  (the tools' error type)
+from py.common.files import caller_path, write_json  # noqa: F401
 from py.models import registry
-from py.training.paths import caller_path
-
-
-class UsageError(Exception):
-    """A bad flag value or path: reported in one line, exit code 2."""
-
-
-def parse_flags_or_exit(argv):
-    """absl parser for app.run: accepts --batch-size as --batch_size; errors → one line, exit 2."""
-    fixed = []
-    for arg in argv:
-        if arg.startswith("--") and len(arg) > 2:
-            name, eq, value = arg[2:].partition("=")
-            arg = "--" + name.replace("-", "_") + eq + value
-        fixed.append(arg)
-    try:
-        return flags.FLAGS(fixed)
-    except flags.Error as exc:
-        print(f"error: {exc} (see --helpfull)", file=sys.stderr)
-        sys.exit(2)
-
-
-def run_main(main_fn, argv):
-    """Calls main_fn(); a UsageError or missing file ends the program with one line and exit code 2."""
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]} (flags are --name=value; see --helpfull)", file=sys.stderr)
-        sys.exit(2)
-    try:
-        main_fn()
-    except (UsageError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-
-
-def pick_device(kind):
-    """torch.device for --device=auto|cpu|cuda; cuda without a visible GPU is a usage error."""
-    if kind == "auto":
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device=cuda but torch sees no CUDA device (use --device=cpu)")
-    return torch.device(kind)
 
 
 def registered_cfg(name):
@@ -63,8 +19,11 @@ def registered_cfg(name):
 
 
 def build_model(name, num_classes, img_size, in_chans=None, model_kwargs=None):
-    """Builds a registered model; in_chans None keeps the model's own default (e.g. 1 for vim_mnist)."""
-    kwargs = dict(model_kwargs or {})
+    """Builds a registered model; None keeps the model's own default (e.g. in_chans 1 for vim_mnist).
+    model_kwargs: a dict, or the JSON text of --model_kwargs."""
+    registered_cfg(name)
+    kwargs = dict(parse_json_dict("model_kwargs", model_kwargs) if isinstance(model_kwargs, str) or
+                  model_kwargs is None else model_kwargs)
     if in_chans is not None:
         kwargs.setdefault("in_chans", in_chans)
     try:
@@ -73,16 +32,7 @@ def build_model(name, num_classes, img_size, in_chans=None, model_kwargs=None):
         raise UsageError(f"cannot build --model={name} with img_size={img_size}, {kwargs}: {exc}")
 
 
-def define_weights_flags(choices=("model", "ema"), default="model"):
-    """--weights and --trust_pickle, for tools that read a --checkpoint (call before parsing)."""
-    flags.DEFINE_enum("weights", default, list(choices), "which weights of the checkpoint: model (the trained "
-                      "weights) or ema (their exponential moving average)" + (", or all of them" if "all" in choices
-                                                                              else ""))
-    flags.DEFINE_bool("trust_pickle", False, "allow unpickling --checkpoint if it is a torch file that the safe "
-                      "loader refuses (pickles can run code: only for files you trust)")
-
-
-def load_weights(path):
+def load_weights(path, trust_pickle=False):
     """Weights named by --checkpoint, read through py.models.weights (never unpickled unless
     --trust_pickle): (run config or None, {label: state_dict}, step or None, source).
 
@@ -90,9 +40,8 @@ def load_weights(path):
     checkpoint whose checksums verify, and its config."""
     from py.models import weights
     path = caller_path(path)
-    trust = bool(flags.FLAGS["trust_pickle"].value) if "trust_pickle" in flags.FLAGS else False
     try:
-        ckpt = weights.read(path, trust_pickle=trust)
+        ckpt = weights.read(path, trust_pickle=trust_pickle)
     except weights.WeightsError as exc:
         raise UsageError(f"--checkpoint: {exc}")
     return ckpt.config, dict(ckpt.states), ckpt.step, ckpt.source
@@ -106,3 +55,37 @@ def load_state(model, state, source):
     except weights.WeightsError as exc:
         raise UsageError(f"--checkpoint {source} does not fit the model (check --model, --model_kwargs, "
                          f"--img_size, --in_chans): {exc}")
+
+
+def load_model(name, checkpoint=None, model_kwargs=None, img_size=None, in_chans=None, weights="model",
+               trust_pickle=False):
+    """(model in eval mode, info dict) from a registered name and/or --checkpoint: a trainer run's config
+    supplies name, overrides and sizes; the values given here (flags) win. model_kwargs: JSON text."""
+    run_cfg, states, source = None, {}, None
+    if checkpoint:
+        run_cfg, states, _, source = load_weights(checkpoint, trust_pickle)
+    if run_cfg:
+        if name and name != run_cfg["model"]:
+            raise UsageError(f"--model={name} but the checkpoint's run trained {run_cfg['model']}")
+        name = run_cfg["model"]
+    if not name:
+        raise UsageError("pass --model=NAME (and/or --checkpoint)")
+    reg = registered_cfg(name)
+    kwargs = dict(run_cfg.get("model_kwargs") or {}) if run_cfg else {}
+    if model_kwargs:
+        kwargs = parse_json_dict("model_kwargs", model_kwargs)
+    img_size = img_size or (run_cfg or {}).get("img_size") or reg["input_size"][-1]
+    in_chans = in_chans or (run_cfg or {}).get("in_chans") or reg["input_size"][0]
+    state = None
+    if states:
+        if weights not in states:
+            raise UsageError(f"--weights={weights}: {source} has only {', '.join(states)}")
+        state = states[weights]
+    heads = [v for k, v in (state or {}).items() if k.endswith("head.weight") and v.dim() == 2]
+    num_classes = heads[0].shape[0] if heads else reg["num_classes"]
+    model = build_model(name, num_classes, img_size, in_chans, kwargs)
+    if state is not None:
+        load_state(model, state, source)
+    info = dict(model=name, model_kwargs=kwargs, img_size=img_size, in_chans=in_chans, checkpoint=source,
+                random_weights=state is None)
+    return model.eval(), info

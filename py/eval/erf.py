@@ -4,8 +4,9 @@
     ./bazelw run //py/eval:erf -- --model=vim_mnist --output=erf/vim_mnist      # MNIST-5k val images
 
 For N images: take the central pixel of the model's last feature map (the last tap of
-forward_intermediates, before any final norm: feature_map below), sum its channel mean over the batch, backpropagate to the input and
-accumulate |grad| summed over input channels; average over images. Written to --output:
+forward_intermediates, before any final norm: feature_map below), sum its channel mean over the
+batch, backpropagate to the input and accumulate |grad| summed over input channels; average over
+images. Written to --output:
   erf.npy   the raw averaged map (H, W);
   erf.png   log10(1 + 10^k · map / max) / log10(1 + 10^k), k = --decades (RepLKNet's log10(x + 1) with
             the map first normalised so that its peak is 10^k: a fixed dynamic range of k decades);
@@ -14,59 +15,17 @@ accumulate |grad| summed over input channels; average over images. Written to --
             smallest fraction of pixels holding p of the raw mass.
 Inputs: --data_path (ImageFolder val/), else MNIST-5k val for 1-channel 28x28 models, else N(0, 1).
 """
-import json
+import sys
 
 import numpy as np
 import torch
-from absl import app, flags
+from absl import flags
 
+from py.common import cli
 from py.eval import common
 
 FLAGS = flags.FLAGS
 THRESHOLDS = (0.2, 0.3, 0.5, 0.9, 0.99)
-
-
-# ------------------------------------------------------------------------------------------------
-# Model loading, shared with py/eval/attention.py
-
-
-def load_model(name, checkpoint=None, model_kwargs=None, img_size=None, in_chans=None):
-    """(model in eval mode, info dict) from a registered name and/or a checkpoint (py.eval.common rules:
-    a trainer run's config supplies name, overrides and sizes; flags given here win)."""
-    run_cfg, weights, source = None, {}, None
-    if checkpoint:
-        run_cfg, weights, _, source = common.load_weights(checkpoint)
-    if run_cfg:
-        if name and name != run_cfg["model"]:
-            raise common.UsageError(f"--model={name} but the checkpoint's run trained {run_cfg['model']}")
-        name = run_cfg["model"]
-    if not name:
-        raise common.UsageError("pass --model=NAME (and/or --checkpoint)")
-    reg = common.registered_cfg(name)
-    kwargs = dict(run_cfg.get("model_kwargs") or {}) if run_cfg else {}
-    if model_kwargs:
-        try:
-            kwargs = json.loads(model_kwargs)
-        except json.JSONDecodeError as exc:
-            raise common.UsageError(f"--model_kwargs is not valid JSON: {exc}")
-        if not isinstance(kwargs, dict):
-            raise common.UsageError("--model_kwargs must be a JSON object")
-    img_size = img_size or (run_cfg or {}).get("img_size") or reg["input_size"][-1]
-    in_chans = in_chans or (run_cfg or {}).get("in_chans") or reg["input_size"][0]
-    state = None
-    if weights:
-        label = FLAGS.weights if "weights" in FLAGS else "model"
-        if label not in weights:
-            raise common.UsageError(f"--weights={label}: {source} has only {', '.join(weights)}")
-        state = weights[label]
-    heads = [v for k, v in (state or {}).items() if k.endswith("head.weight") and v.dim() == 2]
-    num_classes = heads[0].shape[0] if heads else reg["num_classes"]
-    model = common.build_model(name, num_classes, img_size, in_chans, kwargs)
-    if state is not None:
-        common.load_state(model, state, source)
-    info = dict(model=name, model_kwargs=kwargs, img_size=img_size, in_chans=in_chans, checkpoint=source,
-                random_weights=state is None)
-    return model.eval(), info
 
 
 # ------------------------------------------------------------------------------------------------
@@ -204,10 +163,8 @@ def image_batches(info, source, num_images, batch_size, data_path=None, seed=0):
 
 
 def define_flags():
-    flags.DEFINE_string("model", None, "registered model name (or taken from --checkpoint's run)")
-    flags.DEFINE_string("checkpoint", None, "trainer run directory / checkpoint directory / weights file "
-                        "(default: random weights)")
-    flags.DEFINE_string("model_kwargs", None, "JSON dict of model config overrides, e.g. '{\"depth\": 4}'")
+    cli.define_model_flags(FLAGS)
+    cli.define_runtime_flags(FLAGS)
     flags.DEFINE_string("output", None, "output directory (erf.png, erf.npy, erf.json)")
     flags.DEFINE_integer("num_images", 50, "images averaged (RepLKNet: 50)")
     flags.DEFINE_integer("batch_size", 8, "images per forward/backward pass")
@@ -218,8 +175,6 @@ def define_flags():
                       "auto: --data_path if given, MNIST-5k val for 1x28x28 models, else N(0, 1) noise")
     flags.DEFINE_float("decades", 3.0, "dynamic range of the log-scaled heat map")
     flags.DEFINE_integer("seed", 0, "seed of the random weights/images and of the image choice")
-    flags.DEFINE_integer("threads", 0, "CPU threads for torch (0: torch's default)")
-    common.define_weights_flags()
 
 
 def main():
@@ -230,10 +185,10 @@ def main():
         raise common.UsageError(f"--decades must be > 0, got {FLAGS.decades}")
     if not FLAGS.output:
         raise common.UsageError("--output=DIR is required")
-    if FLAGS.threads:
-        torch.set_num_threads(FLAGS.threads)
+    cli.set_threads(FLAGS.threads)
     torch.manual_seed(FLAGS.seed)
-    model, info = load_model(FLAGS.model, FLAGS.checkpoint, FLAGS.model_kwargs, FLAGS.img_size, FLAGS.in_chans)
+    model, info = common.load_model(FLAGS.model, FLAGS.checkpoint, FLAGS.model_kwargs, FLAGS.img_size, FLAGS.in_chans,
+                                    FLAGS.weights, FLAGS.trust_pickle)
     batches, desc = image_batches(info, FLAGS.inputs, FLAGS.num_images, FLAGS.batch_size, FLAGS.data_path,
                                   FLAGS.seed)
     raw = compute_erf(model, batches)
@@ -244,8 +199,7 @@ def main():
     save_heatmap(out / "erf.png", log_scale(raw, FLAGS.decades),
                  f"ERF {info['model']} ({FLAGS.num_images} {desc['inputs']}, {raw.shape[0]}x{raw.shape[1]})"
                  + (", random weights" if info["random_weights"] else ""))
-    from py.training import checkpoint
-    checkpoint.write_json(out / "erf.json", dict(info, num_images=FLAGS.num_images, **desc, **stats))
+    common.write_json(out / "erf.json", dict(info, num_images=FLAGS.num_images, **desc, **stats))
     r = stats["high_contribution_area_ratio"]
     print(f"ERF of {info['model']} written to {out}; area ratio holding 20/50/90% of the mass: "
           + " / ".join(f"{r['raw'][str(t)]['area_ratio']:.3f}" for t in (0.2, 0.5, 0.9)))
@@ -254,7 +208,7 @@ def main():
 
 def run():
     define_flags()
-    app.run(lambda argv: common.run_main(main, argv), flags_parser=common.parse_flags_or_exit)
+    sys.exit(cli.run(main, sys.argv, FLAGS, __doc__))
 
 
 if __name__ == "__main__":

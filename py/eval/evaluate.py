@@ -10,23 +10,20 @@ seed and val_fraction), or the val/ folder of an ImageFolder root (--data_path, 
 The model's name, classes, resolution and overrides come from the run's config; for a single file
 they come from --model and its registered defaults. Flags spelt --batch-size work too.
 """
-import json
 import sys
 import time
 
 import torch
-from absl import app, flags
+from absl import flags
 
+from py.common import cli
 from py.eval import common
-from py.training import checkpoint, data, engine
+from py.training import data, engine
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("checkpoint", None, "trainer run directory (runs/<name>), its checkpoints/ or a "
-                    "checkpoints/step_* directory, or a .safetensors/.pth weights file (then also --model)")
-flags.DEFINE_string("model", None, "registered model name; required for a weights file without a run "
-                    "config; alone it evaluates randomly initialised weights")
-flags.DEFINE_string("model_kwargs", None, "JSON dict of model config overrides (default: the run's)")
+cli.define_model_flags(FLAGS, weights=("all", "model", "ema"), weights_default="all")
+cli.define_runtime_flags(FLAGS)
 flags.DEFINE_string("data_path", None, "ImageFolder root whose val/ split is evaluated (default: the run's "
                     "dataset, else the embedded MNIST-5k)")
 flags.DEFINE_integer("img_size", None, "input resolution (default: the run's, else the model's registered one)")
@@ -36,11 +33,8 @@ flags.DEFINE_integer("seed", None, "MNIST-5k split seed, also the seed of random
 flags.DEFINE_integer("limit", 0, "evaluate only the first N validation images (0: all)")
 flags.DEFINE_integer("batch_size", 128, "images per forward pass")
 flags.DEFINE_integer("num_workers", None, "data loader workers (default: 0 for MNIST-5k, CPUs-1 otherwise)")
-flags.DEFINE_enum("device", "auto", ["auto", "cpu", "cuda"], "auto: CUDA if available")
-flags.DEFINE_integer("threads", 0, "CPU threads for torch (0: torch's default)")
 flags.DEFINE_string("output", None, "write the results as JSON to this file")
 flags.DEFINE_bool("progress", True, "show a progress bar on stderr")
-common.define_weights_flags(choices=("all", "model", "ema"), default="all")
 
 
 def _setting(name, run_cfg, fallback):
@@ -67,12 +61,7 @@ def resolve_model(run_cfg):
     reg = common.registered_cfg(name)
     kwargs = run_cfg.get("model_kwargs", {}) if run_cfg else {}
     if FLAGS.model_kwargs is not None:
-        try:
-            kwargs = json.loads(FLAGS.model_kwargs)
-        except json.JSONDecodeError as exc:
-            raise common.UsageError(f"--model_kwargs is not valid JSON: {exc}")
-        if not isinstance(kwargs, dict):
-            raise common.UsageError("--model_kwargs must be a JSON object")
+        kwargs = common.parse_json_dict("model_kwargs", FLAGS.model_kwargs)
     img_size = _setting("img_size", run_cfg, reg["input_size"][-1])
     in_chans = _setting("in_chans", run_cfg, reg["input_size"][0])
     for flag, value in (("img_size", img_size), ("in_chans", in_chans)):
@@ -135,14 +124,11 @@ def print_table(results, classes):
 def main():
     if FLAGS.batch_size <= 0:
         raise common.UsageError(f"--batch_size must be > 0, got {FLAGS.batch_size}")
-    if FLAGS.threads < 0:
-        raise common.UsageError(f"--threads must be >= 0, got {FLAGS.threads}")
     device = common.pick_device(FLAGS.device)
-    if FLAGS.threads:
-        torch.set_num_threads(FLAGS.threads)
+    cli.set_threads(FLAGS.threads)
     run_cfg, weights, step, source = (None, {}, None, None)
     if FLAGS.checkpoint:
-        run_cfg, weights, step, source = common.load_weights(FLAGS.checkpoint)
+        run_cfg, weights, step, source = common.load_weights(FLAGS.checkpoint, FLAGS.trust_pickle)
     name, kwargs, img_size, in_chans = resolve_model(run_cfg)
     val, classes, info = build_val_set(run_cfg, img_size, in_chans)
     torch.manual_seed(_setting("seed", run_cfg, 0))
@@ -173,13 +159,13 @@ def main():
     print_table(results, classes)
     if FLAGS.output:
         out = common.caller_path(FLAGS.output)
-        checkpoint.write_json(out, report)
+        common.write_json(out, report)
         print(f"results written to {out}")
     return report
 
 
 def run():
-    app.run(lambda argv: common.run_main(main, argv), flags_parser=common.parse_flags_or_exit)
+    sys.exit(cli.run(main, sys.argv, FLAGS, __doc__))
 
 
 if __name__ == "__main__":

@@ -34,25 +34,18 @@ import sys
 import torch
 from absl import flags
 
-from py.eval.convert import UsageError, build_model, caller_path, parse_flags
+from py.common import cli
+from py.eval import common
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_string("model", None, "registered model name (py.models.list_models())", flag_values=FLAGS)
-flags.DEFINE_string("checkpoint", None, "weights to load: ours or official (.safetensors or torch file); "
-                    "default: the model's random init", flag_values=FLAGS)
-flags.DEFINE_enum("weights", "model", ["model", "ema"],
-                  "which weights of the checkpoint: model (the trained weights; an official file's 'model' "
-                  "or 'state_dict') or ema (its 'model_ema', or a trainer run's ema.safetensors)",
-                  flag_values=FLAGS)
-flags.DEFINE_bool("trust_pickle", False, "allow unpickling a torch file that the safe loader refuses "
-                  "(pickles can run code: only for files you trust)", flag_values=FLAGS)
+cli.define_model_flags(FLAGS, checkpoint_help="weights to load (ours or official; anything py.models.weights "
+                       "reads); default: the model's random init")
 flags.DEFINE_enum("format", "torch_export", ["torch_export", "onnx"], "output format", flag_values=FLAGS)
 flags.DEFINE_string("output", None, "output file (.pt2 for torch_export, .onnx for onnx)", flag_values=FLAGS)
 flags.DEFINE_integer("img_size", None, "fixed input resolution of the exported program (default: the "
                      "model's own, 224 for the ImageNet models)", flag_values=FLAGS)
 flags.DEFINE_integer("num_classes", None, "classifier size, must match the checkpoint (default: the "
                      "model's own)", flag_values=FLAGS)
-flags.DEFINE_string("model_kwargs", "{}", "JSON dict of model config overrides", flag_values=FLAGS)
 flags.DEFINE_float("check_tol", 1e-4, "max |exported - eager| allowed on a random input (< 0: no check)",
                    flag_values=FLAGS)
 flags.DEFINE_integer("seed", 0, "seed of the random init (no --checkpoint) and of the check input",
@@ -131,33 +124,30 @@ def max_abs_diff(a, b):
 
 
 def main(argv):
-    code = parse_flags(FLAGS, argv, __doc__)
-    if code is not None:
-        return code
-    try:
-        for name in ("model", "output"):
-            if not FLAGS[name].value:
-                raise UsageError(f"--{name} is required (see --help)")
-        torch.manual_seed(FLAGS.seed)
-        model = build_model(FLAGS.model, FLAGS.num_classes, FLAGS.img_size, FLAGS.model_kwargs).eval()
-        if FLAGS.checkpoint:
-            from py.models import weights
-            weights.load_into(model, caller_path(FLAGS.checkpoint), FLAGS.weights, trust_pickle=FLAGS.trust_pickle)
-        x = example_input(model, FLAGS.seed)
-        output = caller_path(FLAGS.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with torch.no_grad():
-            eager = model(x)
-        if FLAGS.format == "onnx":
-            export_onnx(model, x, output)
-            got = _run_onnx(output, x)
-        else:
-            program = export_program(model, x)
-            torch.export.save(program, str(output))
-            got = torch.export.load(str(output)).module()(x)
-    except (UsageError, ExportError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return cli.run(_export, argv, FLAGS, __doc__, errors=(ExportError, ValueError))
+
+
+def _export():
+    for name in ("model", "output"):
+        if not FLAGS[name].value:
+            raise cli.UsageError(f"--{name} is required (see --help)")
+    torch.manual_seed(FLAGS.seed)
+    model = common.build_model(FLAGS.model, FLAGS.num_classes, FLAGS.img_size, None, FLAGS.model_kwargs).eval()
+    if FLAGS.checkpoint:
+        from py.models import weights
+        weights.load_into(model, common.caller_path(FLAGS.checkpoint), FLAGS.weights, trust_pickle=FLAGS.trust_pickle)
+    x = example_input(model, FLAGS.seed)
+    output = common.caller_path(FLAGS.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        eager = model(x)
+    if FLAGS.format == "onnx":
+        export_onnx(model, x, output)
+        got = _run_onnx(output, x)
+    else:
+        program = export_program(model, x)
+        torch.export.save(program, str(output))
+        got = torch.export.load(str(output)).module()(x)
     print(f"wrote {FLAGS.format} program of {FLAGS.model} for input {tuple(x.shape)} to {output}")
     if got is None:
         print("check skipped: onnxruntime is not installed")

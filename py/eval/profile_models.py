@@ -24,17 +24,18 @@ import sys
 import time
 
 import torch
-from absl import app, flags
+from absl import flags
 
 import py.models as models
+from py.common import cli
 from py.eval import common
 from py.eval.model_table import params_and_flops
-from py.training import checkpoint, engine, optim
+from py.training import engine, optim
 
 FLAGS = flags.FLAGS
 
 flags.DEFINE_list("models", None, "comma-separated registered model names (py.models.list_models())")
-flags.DEFINE_enum("device", "auto", ["auto", "cpu", "cuda"], "auto: CUDA if available")
+cli.define_runtime_flags(FLAGS)
 flags.DEFINE_string("output", None, "directory for profile.json (written atomically)")
 flags.DEFINE_integer("img_size", None, "inference (and FLOPs) resolution (default: each model's registered one)")
 flags.DEFINE_integer("train_img_size", None, "training-throughput resolution (default: --img_size)")
@@ -45,7 +46,6 @@ flags.DEFINE_integer("warmup", 1, "untimed iterations before timing")
 flags.DEFINE_integer("repeats", 3, "timed iterations; the median is reported")
 flags.DEFINE_enum("amp", "none", ["none", "bf16", "fp16"], "autocast dtype for throughput (fp16: CUDA only)")
 flags.DEFINE_bool("skip_throughput", False, "parameters and FLOPs only")
-flags.DEFINE_integer("threads", 0, "CPU threads for torch (0: torch's default)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,8 +253,7 @@ def main():
     device = common.pick_device(FLAGS.device)
     if FLAGS.amp == "fp16" and device.type != "cuda":
         raise common.UsageError("--amp=fp16 needs CUDA (use --amp=bf16 on the CPU)")
-    if FLAGS.threads:
-        torch.set_num_threads(FLAGS.threads)
+    cli.set_threads(FLAGS.threads)
     out = common.caller_path(FLAGS.output) if FLAGS.output else None
     if out is not None and out.exists() and not out.is_dir():
         raise common.UsageError(f"--output {out} exists and is not a directory")
@@ -270,13 +269,13 @@ def main():
               "repeats": FLAGS.repeats, "memory_method": None if FLAGS.skip_throughput else memory.method,
               "models": rows}
     if out is not None:
-        checkpoint.write_json(out / "profile.json", report)
+        common.write_json(out / "profile.json", report)
         print(f"results written to {out / 'profile.json'}")
     return report
 
 
 def run():
-    app.run(lambda argv: common.run_main(main, argv), flags_parser=common.parse_flags_or_exit)
+    sys.exit(cli.run(main, sys.argv, FLAGS, __doc__))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from typing import Optional
 
 import torch
 
+from py.common.cli import UsageError
 from py.models import interop
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,9 @@ _TRUST_HINT = ("it may hold pickled Python objects (which can run code when load
                "this file, allow unpickling it explicitly with --trust_pickle (Python: trust_pickle=True)")
 
 
-class WeightsError(ValueError):
-    """Weights that cannot be read, verified or loaded; the message is meant for the user as is."""
+class WeightsError(UsageError, ValueError):
+    """Weights that cannot be read, verified or loaded; the message is meant for the user as is (a
+    UsageError: command-line tools report it in one `error:` line with exit code 2)."""
 
 
 # ----------------------------------------------------------------------------------------------

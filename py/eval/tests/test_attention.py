@@ -257,7 +257,7 @@ def test_cli_bad_flags_exit_2_with_one_line(tmp_path, args, message):
 
 
 def test_bad_settings_are_usage_errors(tmp_path):
-    """What the CLI reports with exit code 2 (via py.eval.common.run_main), checked in-process."""
+    """What the CLI reports with exit code 2 (via py.common.cli.run), checked in-process."""
     from py.eval import attention
     from py.eval.common import UsageError
     info = dict(model="vim_mnist", img_size=28, in_chans=1)

@@ -8,7 +8,7 @@ import torch.nn as nn
 from PIL import Image
 
 import py.models as models
-from py.eval import erf
+from py.eval import common, erf
 from py.eval.tests.cli import assert_usage_error, run_tool
 
 
@@ -140,16 +140,16 @@ def test_cli_bad_flags_exit_2_with_one_line(tmp_path, args, message):
 
 
 def test_bad_settings_are_usage_errors():
-    """What the CLI reports with exit code 2 (via py.eval.common.run_main), checked in-process."""
+    """What the CLI reports with exit code 2 (via py.common.cli.run), checked in-process."""
     from py.eval.common import UsageError
     with pytest.raises(UsageError, match="JSON object"):
-        erf.load_model("vim_mnist", model_kwargs="[1]")
+        common.load_model("vim_mnist", model_kwargs="[1]")
     with pytest.raises(UsageError, match="unknown --model"):
-        erf.load_model("nope")
+        common.load_model("nope")
     with pytest.raises(UsageError, match="pass --model"):
-        erf.load_model(None)
+        common.load_model(None)
     with pytest.raises(UsageError, match="cannot build"):
-        erf.load_model("vim_mnist", model_kwargs='{"no_such_option": 1}')
+        common.load_model("vim_mnist", model_kwargs='{"no_such_option": 1}')
     info = dict(img_size=28, in_chans=1)
     with pytest.raises(UsageError, match="--data_path"):
         erf.image_batches(info, "folder", 4, 2)

@@ -42,15 +42,10 @@ def evaluate(*args, check=True):
 def evaluate_here(capsys, *args):
     """The same in this process (saves the ~5 s import per call): (exit code, stdout, stderr)."""
     from absl import flags
-    from py.eval import common
+    from py.common import cli
     from py.eval import evaluate as tool
     flags.FLAGS.unparse_flags()  # back to defaults, nothing `present`
-    code = 0
-    try:
-        argv = common.parse_flags_or_exit(["evaluate", "--progress=false", *args])
-        common.run_main(tool.main, argv)
-    except SystemExit as exc:
-        code = exc.code
+    code = cli.run(tool.main, ["evaluate", "--progress=false", *args], flags.FLAGS, tool.__doc__)
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -106,16 +101,16 @@ def test_run_dir_reports_raw_and_ema_matching_a_direct_computation(run_dir, tmp_
 
 
 def test_split_is_the_trainers(run_dir, capsys):
-    # The trainer's --limit_train=320 also validated on the first 80 images of its val split.
-    code, stdout, _ = evaluate_here(capsys, f"--checkpoint={run_dir / 'checkpoints'}", "--limit=80", "--batch_size=7",
-                   f"--output={run_dir.parent / 'limit.json'}")
+    # --limit_train=320 shrinks training only: the trainer validated on its whole val split (1000 images).
+    code, stdout, _ = evaluate_here(capsys, f"--checkpoint={run_dir / 'checkpoints'}", "--batch_size=37",
+                                    f"--output={run_dir.parent / 'limit.json'}")
     report = json.loads((run_dir.parent / "limit.json").read_text())["results"]
     trained = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert report["model"]["top1"] == pytest.approx(trained["val_top1"], abs=1e-6)
     assert report["model"]["top5"] == pytest.approx(trained["val_top5"], abs=1e-6)
     assert report["model"]["loss"] == pytest.approx(trained["val_loss"], rel=1e-5)
     assert report["ema"]["top1"] == pytest.approx(trained["val_top1_ema"], abs=1e-6)
-    assert code == 0 and "(80 images)" in stdout
+    assert code == 0 and "(1000 images)" in stdout
 
 
 def test_single_weights_file_with_model_flag(run_dir, tmp_path, capsys):
@@ -124,7 +119,7 @@ def test_single_weights_file_with_model_flag(run_dir, tmp_path, capsys):
     out = tmp_path / "w.json"
     evaluate_here(capsys, f"--checkpoint={weights}", "--model=vim_mnist", f"--model_kwargs={json.dumps(KWARGS)}",
              "--seed=3", f"--output={out}")
-    got = json.loads(out.read_text())["results"]["weights"]
+    got = json.loads(out.read_text())["results"]["model"]
     top1, top5, _ = _direct(load_file(str(weights)))
     assert got["top1"] == pytest.approx(top1, abs=1e-6) and got["top5"] == pytest.approx(top5, abs=1e-6)
 
@@ -153,7 +148,7 @@ def test_imagefolder_val_split(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--checkpoint=/no/such/run"], "--checkpoint /no/such/run does not exist"),
+    (["--checkpoint=/no/such/run"], "--checkpoint: weights not found: /no/such/run does not exist"),
     (["--model=vim_mnist", "--data_path=/no/such/data"], "has no val/ directory"),
     (["--model=no_such_model"], "unknown --model"),
     (["--model=vim_mnist", "--batch-size=0"], "--batch_size must be > 0"),
@@ -168,7 +163,7 @@ def test_bad_flags_give_one_line_and_exit_2(args, message, capsys):
 
 def test_bad_path_from_the_command_line():
     res = evaluate("--checkpoint=/no/such/run", check=False)
-    assert res.returncode == 2 and res.stderr.strip() == "error: --checkpoint /no/such/run does not exist"
+    assert res.returncode == 2 and res.stderr.strip() == "error: --checkpoint: weights not found: /no/such/run does not exist"
 
 
 def test_weights_file_problems_exit_2(run_dir, tmp_path, capsys):
@@ -181,7 +176,7 @@ def test_weights_file_problems_exit_2(run_dir, tmp_path, capsys):
     empty = tmp_path / "empty_run"
     empty.mkdir()
     code, _, err = evaluate_here(capsys, f"--checkpoint={empty}")
-    assert code == 2 and "no loadable checkpoint" in err
+    assert code == 2 and "neither a weights file nor a trainer run directory" in err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
