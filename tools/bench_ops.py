@@ -2,6 +2,7 @@
 """Benchmarks the ops against their anchors, all measured in the same run.
 
     ./bazelw run //tools:bench_ops -- [--device=cpu] [--threads=2] [--repeat=5] [--full] [--out=FILE.md]
+    python3 tools/bench_ops.py --device=cuda [--json=FILE] [--no-compile]    # on a GPU machine
 
 For each op and shape: forward and forward+backward time of every backend, with ratios against
 (a) the plain-PyTorch reference, (b) the best pure-PyTorch formulation (mambapy's parallel scan for
@@ -12,16 +13,25 @@ written once) over the device-to-device copy rate measured at the start of the r
 The sequential selective-scan reference takes minutes for forward+backward at the VMamba-T shape;
 without --full it is timed at batch 1 and scaled by the batch (marked "~").
 Times are medians of --repeat runs after one warm-up.
+
+--device=cuda: the selective-scan rows come from tools/bench_selective_scan_cuda.py (the CUDA
+kernels, VMamba-T stage 1 through the fused cross-2D op, against the reference, torch.compile of
+the reference, mambapy's pscan and a device-to-device copy of the same bytes, with achieved GB/s
+and % of the copy's rate); ssd and dcnv4 have no CUDA kernel, so only their anchors are timed.
+Without a usable GPU it stops with exit code 2 before measuring anything.
 """
 import argparse
 import importlib
+import pathlib
 import statistics
 import sys
 import time
 
 import torch
 
-from py.ops import _native, cpu_allocator
+if __package__ in (None, ""):  # `python3 tools/bench_ops.py` (GPU machine): the repository root is the import root
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from py.ops import _native, cpu_allocator  # noqa: E402
 
 # The op modules (py.ops exports functions of the same names).
 cs_ops = importlib.import_module("py.ops.cross_scan")
@@ -168,7 +178,9 @@ def bench_ssd(table, args, dev, sync, bw, batch, L, heads, headdim, N, chunk, ca
     anchor_fb = measure(fwd_bwd(call("reference"), tensors), args.repeat, sync)
     table.add(f"ssd {kind}", shape, "chunked PyTorch reference (anchor)", anchor_f, anchor_fb, floor_fwd, floor_fb,
               anchor_f, anchor_fb)
-    backend = "cuda" if dev.type == "cuda" else "cpu"
+    if dev.type == "cuda":  # no CUDA kernel yet
+        return
+    backend = "cpu"
     f = measure(call(backend), args.repeat, sync)
     fb = measure(fwd_bwd(call(backend), tensors), args.repeat, sync)
     table.add(f"ssd {kind}", shape, f"**{backend} kernel**", f, fb, floor_fwd, floor_fb, anchor_f, anchor_fb)
@@ -189,7 +201,9 @@ def bench_dcnv4(table, args, dev, sync, bw, batch, H, W, group, gc):
     anchor_fb = measure(fwd_bwd(call("reference"), [value, om]), args.repeat, sync)
     table.add("dcnv4", shape, "grid_sample reference (anchor)", anchor_f, anchor_fb, floor_fwd, floor_fb,
               anchor_f, anchor_fb)
-    backend = "cuda" if dev.type == "cuda" else "cpu"
+    if dev.type == "cuda":  # no CUDA kernel yet
+        return
+    backend = "cpu"
     f = measure(call(backend), args.repeat, sync)
     fb = measure(fwd_bwd(call(backend), [value, om]), args.repeat, sync)
     table.add("dcnv4", shape, f"**{backend} kernel**", f, fb, floor_fwd, floor_fb, anchor_f, anchor_fb)
@@ -218,12 +232,15 @@ def main():
     parser.add_argument("--full", action="store_true", help="time the slow sequential reference at full batch")
     parser.add_argument("--ops", default="selective_scan,ssd,dcnv4,cross_scan")
     parser.add_argument("--out", help="also write the markdown table to this file")
+    parser.add_argument("--json", help="--device=cuda: write the selective-scan rows as JSON (after each row)")
+    parser.add_argument("--no-compile", action="store_true", help="--device=cuda: skip torch.compile rows")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device=cuda but torch sees no CUDA device")
+    ops = set(args.ops.split(","))
+    if dev.type == "cuda":
+        _cuda_or_exit(ops)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     # Every implementation runs under the same allocator setting (VISIONSSM_MALLOC_TUNING=0: glibc's).
     tuned = cpu_allocator.keep_freed_memory()
@@ -233,8 +250,16 @@ def main():
               f"freed CPU memory {'kept for reuse' if tuned else 'returned to the OS (glibc default)'}")
     print(header, file=sys.stderr)
     table = Table()
-    ops = set(args.ops.split(","))
-    if "selective_scan" in ops:
+    scan_rows = []
+    if "selective_scan" in ops and dev.type == "cuda":
+        from tools import bench_selective_scan_cuda as ssc
+        save = (lambda: ssc.write_json(args.json, header, scan_rows)) if args.json else (lambda: None)
+        for stage in ("fast", "slow"):  # every shape's kernel rows before the slow reference rows
+            ssc.bench(scan_rows, args, measure, sync, "VMamba-T stage 1", 8, 4, 96, 3136, 1, hw=(56, 56),
+                      on_row=save, stage=stage)
+            ssc.bench(scan_rows, args, measure, sync, "Vim-S layer", 8, 1, 1536, 197, 16, on_row=save, stage=stage)
+        print(ssc.markdown(scan_rows) + "\n", flush=True)
+    elif "selective_scan" in ops:
         bench_selective_scan(table, args, dev, sync, bw, "VMamba-T stage 1", 8, 4, 96, 3136, 1)
         bench_selective_scan(table, args, dev, sync, bw, "Vim-S layer", 8, 1, 1536, 197, 16)
     if "ssd" in ops:
@@ -246,10 +271,24 @@ def main():
         bench_cross_scan(table, args, dev, sync, bw, 8, 96, 56, 56)
         bench_cross_scan(table, args, dev, sync, bw, 8, 768, 7, 7)
     text = f"{header}\n\n{table.markdown()}\n"
+    if scan_rows:
+        from tools import bench_selective_scan_cuda as ssc
+        text += f"\n{ssc.markdown(scan_rows)}\n"
     print(text)
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)
+
+
+def _cuda_or_exit(ops):
+    """--device=cuda needs a usable GPU and, for the selective scan, the built CUDA extension."""
+    if not torch.cuda.is_available():
+        print("error: --device=cuda but torch sees no usable CUDA device (torch.cuda.is_available() is False); "
+              "nothing was measured", file=sys.stderr)
+        sys.exit(2)
+    if "selective_scan" in ops and _native.load("selective_scan_cuda") is None:
+        print(f"error: --device=cuda: {_native.unavailable_reason('selective_scan_cuda')}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

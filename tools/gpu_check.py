@@ -1,32 +1,48 @@
 #!/usr/bin/env python3
 """The one prepared GPU check of the CUDA kernels (none of which has run on a GPU before this).
 
+    <pinned python> tools/gpu_check.py --prepare   # here, once: copy what the GPU machine lacks into .gpu_carry/
     python3 tools/gpu_check.py                 # on the GPU machine, from the repository root
     python3 tools/gpu_check.py --no-build      # use the extensions already built (e.g. by Bazel)
 
-Steps, each under its own time budget so the whole run ends within --budget seconds (default 480):
+The GPU machine has no network and its image lacks two things of the pinned environment: mambapy
+(bench anchor) and the CUTLASS/CuTe headers (nvidia-cutlass, needed to build the kernels).
+`--prepare`, run with the pinned interpreter (~/.cache/visionssm/pyenv/*/bin/python or
+`./bazelw run //:python -- tools/gpu_check.py --prepare`), copies both into the git-ignored
+.gpu_carry/site (about 29 MB); name `.gpu_carry` in the device tool's `carry`, and gpu_check puts
+that folder on sys.path and PYTHONPATH of its subprocesses.
+
+Steps, each under its own time budget so the whole run ends within --budget seconds (default 450):
   1. build selective_scan_cuda and cross_scan_cuda with tools/build_kernels.py for sm_90a, print
      the ptxas table (registers, smem, spills);
   2. stop here, with a clear message and exit code 2, if torch sees no usable CUDA device;
-  3. every CUDA op against the float64 reference on fresh random shapes (ragged L, L > 2048,
-     d_state 1/16/64/128, float32/bfloat16/float16, groups, z/D/bias/softplus, cross-2D) with
-     outputs poisoned (NaN-filled allocator memory), forward, last state, every gradient, and the
-     backward run twice for bitwise determinism;
+  3. every CUDA kernel, called directly (not through the ops' self-check, which would fall back to
+     the reference and hide a failure), against the float64 reference on fresh random shapes (ragged
+     L, L > 2048, d_state 1/16/64/128/256, float32/bfloat16/float16, groups, z/D/bias/softplus,
+     cross-2D with strided maps) with outputs poisoned (NaN-filled allocator memory): forward, last
+     state, every gradient, and everything run twice for bitwise determinism;
   4. compute-sanitizer memcheck and racecheck on small sizes (a subprocess per tool);
-  5. tools/bench_ops.py --device=cuda (reference, mambapy's pscan, copy bandwidth) plus torch.compile
-     of the reference scan, and a VMamba-T and Vim-S bf16-autocast training step, kernels vs reference;
-  6. a short table of every step's result, printed last.
+  5. tools/bench_ops.py --device=cuda (kernels vs the reference, torch.compile of the reference,
+     mambapy's pscan and a copy of the same bytes; its rows also go into the table), and a VMamba-T
+     and Vim-S bf16-autocast training step, kernels vs reference;
+  6. a short table of every step's result, printed last (also when a step raised: each step's
+     exception becomes a FAIL row and the next step runs).
 """
 import argparse
+import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+import traceback
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 EXTENSIONS = ["selective_scan_cuda", "cross_scan_cuda"]
+CARRY = ROOT / ".gpu_carry" / "site"  # what --prepare copies (git-ignored), on sys.path when present
 RESULTS = []  # (step, status, detail)
 
 
@@ -39,9 +55,22 @@ def build_command(archs="90a"):
     return [sys.executable, str(ROOT / "tools" / "build_kernels.py"), "--cuda-archs", archs, *EXTENSIONS]
 
 
-def step_build():
+def subprocess_env():
+    """The environment of every subprocess: the carried packages first on PYTHONPATH."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if CARRY.is_dir():
+        env["PYTHONPATH"] = os.pathsep.join([str(CARRY), str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    return env
+
+
+def step_build(deadline):
     t = time.time()
-    res = subprocess.run(build_command(), cwd=ROOT, capture_output=True, text=True)
+    try:
+        res = subprocess.run(build_command(), cwd=ROOT, capture_output=True, text=True, env=subprocess_env(),
+                             timeout=max(deadline - t, 30))
+    except subprocess.TimeoutExpired:
+        record("build (sm_90a)", "TIMEOUT", f"after {time.time() - t:.0f} s")
+        return False
     if res.returncode:
         record("build (sm_90a)", "FAIL", res.stdout[-2000:] + res.stderr[-4000:])
         return False
@@ -61,8 +90,7 @@ def gpu_or_stop():
         msg = ("no usable CUDA device (torch.cuda.is_available() is False): stopping before the GPU steps; "
                "no kernel has run on a GPU")
         record("GPU", "STOP", msg)
-        print_table()
-        sys.exit(2)
+        sys.exit(2)  # main's `finally` prints the table
     record("GPU", "ok", torch.cuda.get_device_name(0))
 
 
@@ -73,12 +101,49 @@ def poison():
     del blob
 
 
-def step_correctness(deadline):
+KERNEL_DTYPE_INPUTS = ("u", "delta", "B", "C", "z")  # in the case's dtype; A, D, delta_bias stay float32
+
+
+def compare_twice(label, dtype, t, gy, kernel, reference):
+    """kernel(**inputs) twice on poisoned memory vs reference(**float64 inputs) once: outputs (a tuple)
+    and every input gradient within the self-check tolerance x5, the two runs bitwise equal."""
     import torch
-    from py.ops import cross_scan as cs_ops
     from py.ops import selective_scan_cuda as ssc
-    from py.ops.selective_scan import selective_scan, selective_scan_reference
+    names = [k for k, v in t.items() if v is not None]
+    cast = lambda k, v: v.to(dtype if k in KERNEL_DTYPE_INPUTS else torch.float32)
+    # The reference gets the kernel's rounded inputs: the comparison measures the kernel's arithmetic.
+    ref_in = {k: None if v is None else cast(k, v).double().requires_grad_(True) for k, v in t.items()}
+    ref_out = reference(**ref_in)
+    gy = gy.to(dtype)
+    want = list(ref_out) + list(torch.autograd.grad(ref_out[0], [ref_in[k] for k in names], gy.double()))
+    runs = []
+    for _ in range(2):
+        k_in = {k: None if v is None else cast(k, v).requires_grad_(True) for k, v in t.items()}
+        poison()
+        out = kernel(**k_in)
+        runs.append(list(out) + list(torch.autograd.grad(out[0], [k_in[k] for k in names], gy)))
+    labels = ["y", "last_state"][:len(ref_out)] + ["d" + n for n in names]
+    rtol, atol = ssc._TOL[dtype]
+    bad = {n: f"{(a.double() - b.double()).abs().max().item():.2g}" for n, a, b in zip(labels, runs[0], want)
+           if not torch.allclose(a.double(), b.double(), rtol=rtol * 5, atol=atol * 5)}
+    nondet = [n for n, a, b in zip(labels, runs[0], runs[1]) if not torch.equal(a, b)]
+    record(label, "FAIL" if bad or nondet else "ok",
+           f"max |err| {bad}; nondeterministic {nondet}" if bad or nondet else "")
+    return not (bad or nondet)
+
+
+def step_correctness(deadline):
+    """The kernels are called directly (selective_scan_cuda._apply, the cross-scan autograd Functions):
+    the ops' first-call self-check would fall back to the reference and hide a failing kernel."""
+    import importlib
+    import torch
+    from py.ops import cross_scan_cuda
+    from py.ops import selective_scan_cuda as ssc
+    cs_ops = importlib.import_module("py.ops.cross_scan")  # `from py.ops import cross_scan` is the function
+    from py.ops.selective_scan import selective_scan_reference
     g = torch.Generator().manual_seed(int(time.time()))
+    mk = lambda *s: torch.randn(*s, generator=g).cuda()
+    failures = 0
     cases = [  # (dtype, batch, dim, groups, N, L, z, D, bias, softplus)
         (torch.float32, 2, 8, 2, 1, 300, False, True, True, True),
         (torch.float32, 1, 6, 3, 16, 2049 + 77, True, True, True, True),
@@ -87,81 +152,90 @@ def step_correctness(deadline):
         (torch.float32, 1, 4, 1, 64, 513, False, True, False, True),
         (torch.bfloat16, 1, 4, 2, 128, 255, True, True, True, True),
         (torch.float32, 1, 2, 1, 256, 17, False, False, True, True),
+        (torch.float32, 1, 9, 1, 3, 40, True, True, True, True),  # 9 channels: padding warps, 2 slices
     ]
-    failures = 0
     for dtype, batch, dim, groups, N, L, z, D, bias, softplus in cases:
+        label = f"selective_scan {str(dtype)[6:]} B{batch} D{dim} G{groups} N{N} L{L}"
         if time.time() > deadline:
-            record("correctness", "TIMEOUT", "budget spent before all cases")
-            return
-        mk = lambda *s: torch.randn(*s, generator=g).cuda()
-        t = dict(u=mk(batch, dim, L), delta=mk(batch, dim, L) * 0.5, A=-torch.rand(dim, N, generator=g).cuda() - 0.5,
-                 B=mk(batch, groups, N, L), C=mk(batch, groups, N, L), D=mk(dim) if D else None,
-                 z=mk(batch, dim, L) if z else None, delta_bias=mk(dim) * 0.1 if bias else None)
-        names = [k for k, v in t.items() if v is not None]
-        ref_in = {k: None if v is None else v.double().requires_grad_(True) for k, v in t.items()}
-        y_ref, last_ref = selective_scan_reference(**ref_in, delta_softplus=softplus, return_last_state=True)
-        gy = torch.randn(y_ref.shape, generator=g).cuda()
-        ref_grads = torch.autograd.grad(y_ref, [ref_in[k] for k in names], gy.double())
-        outs = []
-        for _ in range(2):
-            k_in = {k: None if v is None else v.to(dtype if k in ("u", "delta", "B", "C", "z") else torch.float32)
-                    .requires_grad_(True) for k, v in t.items()}
-            poison()
-            y, last = selective_scan(**k_in, delta_softplus=softplus, return_last_state=True, backend="cuda")
-            grads = torch.autograd.grad(y, [k_in[k] for k in names], gy.to(dtype))
-            outs.append([y, last] + list(grads))
-        rtol, atol = ssc._TOL[dtype]
-        bad = [n for n, a, b in zip(["y", "last_state"] + names, outs[0], [y_ref, last_ref] + list(ref_grads))
-               if not torch.allclose(a.double(), b.double(), rtol=rtol * 5, atol=atol * 5)]
-        nondet = [n for n, a, b in zip(["y", "last_state"] + names, outs[0], outs[1]) if not torch.equal(a, b)]
-        label = f"{str(dtype)[6:]} B{batch} D{dim} G{groups} N{N} L{L}"
-        if bad or nondet:
+            record(label, "SKIPPED", "correctness budget spent")
+            continue
+        try:
+            # |A| ~ 0.05: states outlive a 256-position chunk, so a wrong carry between chunks shows.
+            t = dict(u=mk(batch, dim, L), delta=mk(batch, dim, L) * 0.5,
+                     A=(-torch.rand(dim, N, generator=g) - 0.5).cuda() * 0.05, B=mk(batch, groups, N, L),
+                     C=mk(batch, groups, N, L), D=mk(dim) if D else None, z=mk(batch, dim, L) if z else None,
+                     delta_bias=mk(dim) * 0.1 if bias else None)
+            failures += not compare_twice(
+                label, dtype, t, mk(batch, dim, L),
+                lambda **q: ssc._apply(**q, softplus=softplus, return_last_state=True, hw=None),
+                lambda **q: selective_scan_reference(**q, delta_softplus=softplus, return_last_state=True))
+        except Exception as exc:  # e.g. an illegal address: recorded, and the next case still tries
             failures += 1
-            record(f"selective_scan {label}", "FAIL", f"mismatch {bad}, nondeterministic {nondet}")
-        else:
-            record(f"selective_scan {label}", "ok")
-    # cross-2D fused op and the standalone cross-scan/merge
-    for dtype, (H, W), N in ((torch.float32, (7, 9), 1), (torch.bfloat16, (56, 56), 1), (torch.float32, (5, 6), 16)):
-        di, batch = 3, 2
-        mk = lambda *s: torch.randn(*s, generator=g).cuda()
-        x, delta = mk(batch, di, H, W), mk(batch, 4 * di, H * W) * 0.5
-        A = -torch.rand(4 * di, N, generator=g).cuda() - 0.5
-        B, C, D, bias = mk(batch, 4, N, H * W), mk(batch, 4, N, H * W), mk(4 * di), mk(4 * di) * 0.1
-        want = ssc.selective_scan_cross2d_reference(x.double(), delta.double(), A, B.double(), C.double(), D, None,
-                                                    bias, True)
-        poison()
-        got = ssc.selective_scan_cross2d(x.to(dtype), delta.to(dtype), A, B.to(dtype), C.to(dtype), D, None, bias,
-                                         True, backend="cuda")
-        rtol, atol = ssc._TOL[dtype]
-        ok = torch.allclose(got.double(), want, rtol=rtol * 5, atol=atol * 5)
-        failures += not ok
-        record(f"selective_scan_cross2d {str(dtype)[6:]} {H}x{W} N{N}", "ok" if ok else "FAIL")
-        xs = cs_ops.cross_scan(x.to(dtype), backend="cuda")
-        ok = torch.equal(xs.double(), cs_ops.cross_scan_reference(x.to(dtype)).double())
-        ys = mk(batch, 4, di, H, W).to(dtype)
-        ok &= torch.allclose(cs_ops.cross_merge(ys, backend="cuda").double(),
-                             cs_ops.cross_merge_reference(ys.double()), rtol=1e-2, atol=1e-2)
-        failures += not ok
-        record(f"cross_scan/merge {str(dtype)[6:]} {H}x{W}", "ok" if ok else "FAIL")
+            record(label, "FAIL", f"{type(exc).__name__}: {str(exc)[:300]}")
+    # the fused cross-2D scan (every gradient) and the standalone cross-scan/merge
+    for dtype, (H, W), N, z, layout in ((torch.float32, (7, 9), 1, False, "contiguous"),
+                                        (torch.bfloat16, (56, 56), 1, False, "contiguous"),
+                                        (torch.float32, (17, 19), 1, True, "channels_last"),
+                                        (torch.float32, (5, 6), 16, False, "contiguous")):
+        label = f"selective_scan_cross2d {str(dtype)[6:]} {H}x{W} N{N} {layout}"
+        if time.time() > deadline:
+            record(label, "SKIPPED", "correctness budget spent")
+            continue
+        di, batch, L = 3, 2, H * W
+        try:
+            x = mk(batch, di, H, W)
+            if layout == "channels_last":
+                x = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+            t = dict(u=x, delta=mk(batch, 4 * di, L) * 0.5,
+                     A=(-torch.rand(4 * di, N, generator=g) - 0.5).cuda() * 0.05, B=mk(batch, 4, N, L),
+                     C=mk(batch, 4, N, L), D=mk(4 * di), z=mk(batch, 4 * di, L) if z else None,
+                     delta_bias=mk(4 * di) * 0.1)
+            failures += not compare_twice(
+                label, dtype, t, mk(batch, di, H, W),
+                lambda u, **q: (ssc._apply(u, **q, softplus=True, return_last_state=False, hw=(H, W)),),
+                lambda u, **q: (ssc.selective_scan_cross2d_reference(u, **q, delta_softplus=True),))
+            xs = cross_scan_cuda.CrossScanCudaFn.apply(x.to(dtype))
+            ok = torch.equal(xs, cs_ops.cross_scan_reference(x.to(dtype)))
+            ys = mk(batch, 4, di, H, W).to(dtype)
+            tol = 1e-6 if dtype == torch.float32 else 2e-2  # one rounding of a float sum
+            ok &= torch.allclose(cross_scan_cuda.CrossMergeCudaFn.apply(ys).double(),
+                                 cs_ops.cross_merge_reference(ys.double()), rtol=tol, atol=tol)
+            failures += not ok
+            record(f"cross_scan/merge {str(dtype)[6:]} {H}x{W} {layout}", "ok" if ok else "FAIL")
+        except Exception as exc:
+            failures += 1
+            record(label, "FAIL", f"{type(exc).__name__}: {str(exc)[:300]}")
     record("correctness", "ok" if not failures else "FAIL", f"{failures} failing case(s)")
 
 
+def record_self_checks():
+    """The ops' first-call self-checks (run by the training steps): a False means the op fell back."""
+    from py.ops import _cuda_dispatch as dispatch
+    if not dispatch._VERIFIED:
+        return
+    failed = [f"{op} {dtype}" for (op, dtype, _), ok in dispatch._VERIFIED.items() if not ok]
+    record("ops' first-call self-checks", "FAIL" if failed else "ok",
+           f"{len(dispatch._VERIFIED) - len(failed)} passed" + (f"; failed (fell back to the reference): {failed}"
+                                                                 if failed else ""))
+
+
 def sanitize_case():
-    """Tiny problems for compute-sanitizer (run in a subprocess under each tool)."""
+    """Tiny problems for compute-sanitizer (run in a subprocess under each tool): the kernels called
+    directly, every path (N = 1, tiled, cross-2D, cross-scan/merge), forward and backward."""
     import torch
-    from py.ops import cross_scan, selective_scan
+    from py.ops import cross_scan_cuda
     from py.ops import selective_scan_cuda as ssc
+    cuda = dict(device="cuda")
     for N, L in ((1, 300), (16, 40)):
-        u = torch.randn(1, 8, L, device="cuda", requires_grad=True)
-        y = selective_scan(u, u.detach() * 0.1, -torch.ones(8, N, device="cuda"), torch.randn(1, 2, N, L, device="cuda"),
-                           torch.randn(1, 2, N, L, device="cuda"), torch.ones(8, device="cuda"), delta_softplus=True,
-                           backend="cuda")
+        u = torch.randn(1, 8, L, **cuda, requires_grad=True)
+        y, _ = ssc._apply(u, u.detach() * 0.1, -torch.ones(8, N, **cuda), torch.randn(1, 2, N, L, **cuda),
+                          torch.randn(1, 2, N, L, **cuda), torch.ones(8, **cuda), None, None, True, True, None)
         y.sum().backward()
-    x = torch.randn(1, 3, 7, 9, device="cuda", requires_grad=True)
-    ssc.selective_scan_cross2d(x, torch.randn(1, 12, 63, device="cuda"), -torch.ones(12, 1, device="cuda"),
-                               torch.randn(1, 4, 1, 63, device="cuda"), torch.randn(1, 4, 1, 63, device="cuda"),
-                               backend="cuda").sum().backward()
-    cross_scan.cross_merge(cross_scan.cross_scan(x.detach(), backend="cuda").unflatten(-1, (7, 9)), backend="cuda")
+    x = torch.randn(1, 3, 7, 9, **cuda, requires_grad=True)
+    ssc._apply(x, torch.randn(1, 12, 63, **cuda), -torch.ones(12, 1, **cuda), torch.randn(1, 4, 1, 63, **cuda),
+               torch.randn(1, 4, 1, 63, **cuda), None, None, None, False, False, (7, 9)).sum().backward()
+    xs = cross_scan_cuda.CrossScanCudaFn.apply(x.detach())
+    cross_scan_cuda.CrossMergeCudaFn.apply(xs.unflatten(-1, (7, 9)))
     torch.cuda.synchronize()
 
 
@@ -174,48 +248,55 @@ def step_sanitizer(deadline):
         cmd = ["compute-sanitizer", "--tool", tool, "--error-exitcode", "9", sys.executable, __file__,
                "--sanitize-case"]
         try:
-            res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=left)
-            summary = [l for l in (res.stdout + res.stderr).splitlines() if "ERROR SUMMARY" in l or "RACECHECK SUMMARY" in l]
+            res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=left, env=subprocess_env())
+            out = res.stdout + res.stderr
+            summary = [l for l in out.splitlines() if "ERROR SUMMARY" in l or "RACECHECK SUMMARY" in l]
+            if res.returncode and "Device not supported" in out:  # gVisor machines (device README)
+                record(f"compute-sanitizer {tool}", "UNSUPPORTED", "the sanitizer refused this machine's device")
+                continue
             record(f"compute-sanitizer {tool}", "ok" if res.returncode == 0 else "FAIL",
-                   "; ".join(summary) or (res.stdout + res.stderr)[-800:])
+                   "; ".join(summary) or out[-800:])
         except FileNotFoundError:
             record(f"compute-sanitizer {tool}", "SKIPPED", "compute-sanitizer not on PATH")
         except subprocess.TimeoutExpired:
             record(f"compute-sanitizer {tool}", "TIMEOUT")
 
 
+def bench_summary(rows):
+    """One table row per shape from bench_ops' JSON: the kernel's times, GB/s and % of the copy of
+    the same bytes, and how many times faster it is than each other implementation."""
+    by_shape = {}
+    for r in rows:
+        by_shape.setdefault(r["shape"], {})[r["impl"]] = r
+    for shape, impls in by_shape.items():
+        k = impls.get("**cuda kernel**")
+        if k is None or k["note"] or not k.get("fb_ms"):
+            record(f"bench {shape}", "FAIL", k["note"] if k else "no kernel row (bench ended early)")
+            continue
+        vs = [f"{name.split(' of ')[0]} {o['fwd_ms'] / k['fwd_ms']:.1f}x/{o['fb_ms'] / k['fb_ms']:.1f}x"
+              for name, o in impls.items() if name != "**cuda kernel**" and not o["note"] and o.get("fb_ms")]
+        record(f"bench {shape}", "ok", f"fwd {k['fwd_ms']:.3f} ms {k['fwd_gbps']:.0f} GB/s "
+               f"({k['fwd_pct_copy']:.0f}% of copy), fwd+bwd {k['fb_ms']:.3f} ms ({k['fb_pct_copy']:.0f}% of copy); "
+               f"kernel faster than (fwd/fwd+bwd): " + ", ".join(vs))
+
+
 def step_bench(deadline):
-    left = deadline - time.time()
-    cmd = [sys.executable, str(ROOT / "tools" / "bench_ops.py"), "--device=cuda", "--ops=selective_scan,cross_scan",
-           "--repeat=3"]
-    try:
-        res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=max(left * 0.5, 10))
-        print(res.stdout[-6000:])
-        record("bench_ops --device=cuda", "ok" if res.returncode == 0 else "FAIL", res.stderr[-600:] if res.returncode else "")
-    except subprocess.TimeoutExpired:
-        record("bench_ops --device=cuda", "TIMEOUT")
-    import torch
-    from py.ops.selective_scan import selective_scan, selective_scan_reference
-    # torch.compile of the reference scan vs the kernel at the VMamba-T stage-1 shape (forward).
-    b, dim, L = 8, 384, 3136
-    u, delta = torch.randn(b, dim, L, device="cuda"), torch.randn(b, dim, L, device="cuda") * 0.5
-    A, B, C = -torch.ones(dim, 1, device="cuda"), torch.randn(b, 4, 1, L, device="cuda"), torch.randn(b, 4, 1, L, device="cuda")
-    def timed(fn, n=3):
-        fn(); torch.cuda.synchronize(); t = time.time()
-        for _ in range(n):
-            fn()
-        torch.cuda.synchronize()
-        return (time.time() - t) / n
-    try:
-        compiled = torch.compile(selective_scan_reference)
-        t_c = timed(lambda: compiled(u, delta, A, B, C, None, None, None, True), 1) if time.time() < deadline - 60 else None
-    except Exception as exc:  # the sequential loop may not compile in the budget
-        t_c = None
-        record("torch.compile reference", "FAIL", f"{type(exc).__name__}: {str(exc)[:200]}")
-    t_k = timed(lambda: selective_scan(u, delta, A, B, C, delta_softplus=True, backend="cuda"))
-    moved = 4 * (u.numel() * 3 + B.numel() * 2)
-    record("scan fwd VMamba-T stage 1 (B8)", "ok", f"kernel {t_k * 1e3:.2f} ms ({moved / t_k / 1e9:.0f} GB/s); "
-           f"torch.compile(reference) {'n/a' if t_c is None else f'{t_c * 1e3:.1f} ms'}")
+    """tools/bench_ops.py --device=cuda in a subprocess (its JSON is written after every row, so a
+    timeout still leaves the rows measured so far)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp) / "bench.json"
+        cmd = [sys.executable, str(ROOT / "tools" / "bench_ops.py"), "--device=cuda",
+               "--ops=selective_scan,cross_scan", "--repeat=5", f"--json={path}"]
+        try:
+            res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=subprocess_env(),
+                                 timeout=max(deadline - time.time(), 30))
+            print(res.stdout[-8000:], flush=True)
+            if res.returncode:
+                record("bench_ops --device=cuda", "FAIL", res.stderr[-600:])
+        except subprocess.TimeoutExpired:
+            record("bench_ops --device=cuda", "TIMEOUT", "rows measured before the timeout follow")
+        if path.exists():
+            bench_summary(json.loads(path.read_text())["selective_scan"])
 
 
 def step_models(deadline):
@@ -228,7 +309,7 @@ def step_models(deadline):
             continue
         model = py.models.create_model(name).cuda().train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        row = []
+        row, failed = [], False
         for backend, batch in (("cuda", 128), ("reference", 8)):  # the reference path is timed at batch 8
             x = torch.randn(batch, 3, 224, 224, device="cuda")
             target = torch.randint(0, 1000, (batch,), device="cuda")
@@ -239,45 +320,108 @@ def step_models(deadline):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                return loss
             try:
-                step(); torch.cuda.synchronize(); t = time.time(); step(); torch.cuda.synchronize()
-                row.append(f"{backend} {batch / (time.time() - t):.0f} img/s (batch {batch})")
+                step(); torch.cuda.synchronize(); t = time.time(); loss = step(); torch.cuda.synchronize()
+                finite = bool(torch.isfinite(loss))
+                failed |= not finite
+                row.append(f"{backend} {batch / (time.time() - t):.0f} img/s (batch {batch})"
+                           + ("" if finite else ", NON-FINITE loss"))
             except Exception as exc:
+                failed = True
                 row.append(f"{backend} failed: {type(exc).__name__}: {str(exc)[:150]}")
             if time.time() > deadline:
                 break
-        record(f"train step {name} (bf16 autocast)", "ok", "; ".join(row))
+        record(f"train step {name} (bf16 autocast)", "FAIL" if failed else "ok", "; ".join(row))
         del model, opt
         torch.cuda.empty_cache()
+
+
+def run_step(name, fn, *args):
+    """A step that raises becomes one FAIL row; the check goes on with the next step."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        traceback.print_exc()
+        record(name, "FAIL", f"{type(exc).__name__}: {str(exc)[:300]}")
+        return None
+
+
+def prepare(dest=CARRY):
+    """Copies mambapy and the CUTLASS/CuTe headers of this interpreter's environment into `dest`."""
+    import importlib.util
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    copied = []
+    spec = importlib.util.find_spec("mambapy")
+    if spec is None:
+        sys.exit("error: --prepare needs the pinned environment's interpreter (mambapy is not installed here): "
+                 "~/.cache/visionssm/pyenv/*/bin/python tools/gpu_check.py --prepare")
+    shutil.copytree(pathlib.Path(spec.origin).parent, dest / "mambapy",
+                    ignore=shutil.ignore_patterns("__pycache__", "onnx"))
+    copied.append("mambapy")
+    spec = importlib.util.find_spec("cutlass_library")
+    if spec is None:
+        sys.exit("error: --prepare needs nvidia-cutlass (the pinned environment has it)")
+    src = pathlib.Path(list(spec.submodule_search_locations)[0]) / "source"
+    # Only what tools/build_kernels.py reads: <cutlass_library>/source/{include,tools/util/include}.
+    # An empty package marks the folder for its importlib.util.find_spec("cutlass_library").
+    (dest / "cutlass_library").mkdir()
+    (dest / "cutlass_library" / "__init__.py").write_text('"""CUTLASS headers carried by gpu_check --prepare."""\n')
+    shutil.copytree(src / "include", dest / "cutlass_library" / "source" / "include")
+    shutil.copytree(src / "tools" / "util" / "include", dest / "cutlass_library" / "source" / "tools" / "util" / "include")
+    copied.append("CUTLASS headers")
+    size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+    print(f"[gpu_check] copied {', '.join(copied)} into {dest} ({size / 2**20:.1f} MiB); "
+          "carry `.gpu_carry` to the GPU machine and run `python3 tools/gpu_check.py` there")
+
+
+def use_carry():
+    """On the GPU machine: the carried packages come first, here and in every subprocess."""
+    if CARRY.is_dir():
+        sys.path.insert(0, str(CARRY))
+        record("carried packages", "ok", ", ".join(sorted(p.name for p in CARRY.iterdir())))
+    else:
+        record("carried packages", "MISSING", "no .gpu_carry/site: the build needs CUTLASS headers and the bench "
+               "mambapy; run `tools/gpu_check.py --prepare` with the pinned interpreter, carry `.gpu_carry`")
 
 
 def print_table():
     print("\n| step | result | detail |\n| --- | --- | --- |")
     for step, status, detail in RESULTS:
-        print(f"| {step} | {status} | {detail.replace(chr(10), ' ')[:160]} |")
+        print(f"| {step} | {status} | {detail.replace(chr(10), ' ')[:240]} |", flush=True)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-build", action="store_true", help="use the extensions already built")
-    parser.add_argument("--budget", type=float, default=480, help="seconds for the whole check (default 480)")
+    parser.add_argument("--budget", type=float, default=450, help="seconds for the whole check (default 450)")
+    parser.add_argument("--prepare", action="store_true",
+                        help="copy mambapy and the CUTLASS headers into .gpu_carry/ (run with the pinned interpreter)")
     parser.add_argument("--sanitize-case", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.prepare:
+        return prepare()
     if args.sanitize_case:
+        sys.path.insert(0, str(CARRY))
         return sanitize_case()
     start = time.time()
-    if not args.no_build and not step_build():
-        print_table()
-        sys.exit(1)
-    gpu_or_stop()
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     end = start + args.budget
-    step_correctness(start + 0.35 * args.budget)
-    step_sanitizer(start + 0.55 * args.budget)
-    step_bench(start + 0.8 * args.budget)
-    step_models(end - 10)
-    print_table()
-    return 1 if any(s in ("FAIL", "SPILLS") for _, s, _ in RESULTS) else 0
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    try:
+        use_carry()
+        if not args.no_build and not run_step("build (sm_90a)", step_build, start + 0.3 * args.budget):
+            return 1
+        gpu_or_stop()
+        run_step("correctness", step_correctness, start + 0.45 * args.budget)
+        run_step("compute-sanitizer", step_sanitizer, start + 0.6 * args.budget)
+        run_step("bench", step_bench, start + 0.82 * args.budget)
+        run_step("train steps", step_models, end - 10)
+        run_step("ops' first-call self-checks", record_self_checks)
+    finally:
+        print_table()
+    return 1 if any(s in ("FAIL", "SPILLS", "TIMEOUT") for _, s, _ in RESULTS) else 0
 
 
 if __name__ == "__main__":

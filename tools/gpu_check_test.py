@@ -1,5 +1,7 @@
 """tools/gpu_check.py on a machine without a GPU: it gets as far as it can (imports, the already
 built extensions) and stops with a clear message and exit code 2 before the first GPU step."""
+import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -30,3 +32,64 @@ def test_build_step_targets_sm90a_with_both_front_door_extensions():
     known = read_extensions()["EXTENSIONS"]
     for name in gpu_check.EXTENSIONS:
         assert name in cmd and known[name]["cuda_srcs"], name
+
+
+def test_prepare_carries_mambapy_and_the_cutlass_headers_the_build_reads(tmp_path):
+    """--prepare's folder alone (first on PYTHONPATH, as gpu_check sets it) gives mambapy's pscan and
+    the CUTLASS include directories that tools/build_kernels.py passes to nvcc."""
+    sys.path.insert(0, str(ROOT))
+    from tools import gpu_check
+    dest = tmp_path / "site"
+    gpu_check.prepare(dest)
+    size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+    assert size < 40 * 2**20, size  # the device tool carries 64 MiB with the working tree
+    probe = ("import importlib.util, json, mambapy.pscan, tools.build_kernels as bk; "
+             "print(json.dumps([mambapy.pscan.__file__, bk._package_include('cutlass_library', 'source')]))")
+    res = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(dest), str(ROOT)])))
+    assert res.returncode == 0, res.stderr
+    pscan_file, cutlass_root = json.loads(res.stdout)
+    assert pscan_file.startswith(str(dest)) and cutlass_root.startswith(str(dest))
+    assert (pathlib.Path(cutlass_root) / "include" / "cute" / "layout.hpp").is_file()
+    assert (pathlib.Path(cutlass_root) / "tools" / "util" / "include").is_dir()
+
+
+def test_bench_summary_rows_and_a_failing_kernel_row():
+    sys.path.insert(0, str(ROOT))
+    from tools import gpu_check
+    gpu_check.RESULTS.clear()
+    row = lambda impl, f, fb, note="": dict(shape="S", impl=impl, fwd_ms=f, fb_ms=fb, fwd_gbps=100.0,
+                                            fwd_pct_copy=50.0, fb_pct_copy=40.0, note=note)
+    gpu_check.bench_summary([row("device-to-device copy of the same bytes", 1.0, 2.0), row("**cuda kernel**", 2.0, 5.0),
+                             row("mambapy pscan", 20.0, 100.0), row("torch.compile(reference), per step", 1, 1, "failed: x")])
+    gpu_check.bench_summary([dict(shape="T", impl="**cuda kernel**", fwd_ms=None, fb_ms=None, note="failed: boom")])
+    (s1, st1, d1), (s2, st2, d2) = gpu_check.RESULTS
+    assert (s1, st1) == ("bench S", "ok")
+    assert "fwd 2.000 ms 100 GB/s (50% of copy)" in d1 and "mambapy pscan 10.0x/20.0x" in d1
+    assert "device-to-device copy 0.5x/0.4x" in d1 and "torch.compile" not in d1
+    assert (s2, st2, d2) == ("bench T", "FAIL", "failed: boom")
+
+
+def test_correctness_step_passes_with_the_kernel_model_as_the_extension(monkeypatch):
+    """gpu_check's correctness step, every case, on the CPU: the step-by-step model of the CUDA
+    kernels stands in for the extension (py/ops/tests/selective_scan_cuda_model.py), the reference's
+    cross-scan for the cross-scan kernels. Guards the script itself (it runs once, on 15 minutes of
+    GPU time) and its tolerances; it says nothing about the compiled kernels."""
+    import importlib
+    sys.path.insert(0, str(ROOT))
+    from tools import gpu_check
+    from py.ops import _cuda_dispatch, _native, cross_scan_cuda, selective_scan_cuda
+    from py.ops.tests import selective_scan_cuda_model as model
+    cs = importlib.import_module("py.ops.cross_scan")
+    ext, require = model.FakeExtension(), _native.require
+    monkeypatch.setattr(_native, "require", lambda n: ext if n == selective_scan_cuda.EXT else require(n))
+    monkeypatch.setattr(_cuda_dispatch, "stream_of", lambda t: 0)
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
+    monkeypatch.setattr(gpu_check, "poison", lambda: None)
+    monkeypatch.setattr(cross_scan_cuda, "CrossScanCudaFn", type("S", (), {"apply": staticmethod(cs.cross_scan_reference)}))
+    monkeypatch.setattr(cross_scan_cuda, "CrossMergeCudaFn",
+                        type("M", (), {"apply": staticmethod(cs.cross_merge_reference)}))
+    monkeypatch.setattr(gpu_check, "RESULTS", [])
+    gpu_check.step_correctness(deadline=float("inf"))
+    assert len(gpu_check.RESULTS) == 8 + 2 * 4 + 1
+    assert [r for r in gpu_check.RESULTS if r[1] != "ok"] == []

@@ -12,9 +12,9 @@ The Mamba-2 SSD (py.ops.ssd, causal) is the same with a scalar A per head:
 M[t, s] = (C_t·B_s) exp(A_h Σ_{r=s+1..t} dt_r) dt_s; its non-causal (VSSD) form is M[t, s] = (C_t·B_s) w_s,
 w_s = -dt_s A_h. PVMamba's state product Cm (Bm^T V') is the quadratic form M = Cm Bm^T over V'.
 
-`capture(model)` records what every SSM mixer hands to those ops (without touching py/ops): the ops are
-swapped for recording wrappers in the modules that imported them, and the mixers' methods get
-instance-level wrappers that say which layer, direction and token grid a call belongs to.
+`capture(model)` records what every SSM mixer hands to those ops through the ops' public observation
+hook (py.ops.observe); forward hooks on the mixers say which layer, direction and token grid a call
+belongs to. Nothing is patched.
 `layer_matrix` then maps each scan direction back to token coordinates (Vim: the reversed branch;
 VMamba: the four cross-scan orders of py.ops.cross_scan) and sums them, per output channel. Everything
 is computed in float64. The z gate (a per-row scale) and the D skip (the diagonal) are left out of the
@@ -22,7 +22,6 @@ maps; `reconstruct` puts them back to check the matrix against the op's output.
 """
 import contextlib
 import dataclasses
-import sys
 from typing import List, Optional
 
 import torch
@@ -146,47 +145,22 @@ _SSD_ARGS = ("x", "dt", "A", "B", "C", "chunk_size", "D", "z", "dt_bias", "dt_so
              "initial_states")
 
 
-def _bind(names, args, kwargs):
-    out = dict(zip(names, args))
-    out.update({k: v for k, v in kwargs.items() if k in names})
-    return out
-
-
 @contextlib.contextmanager
 def capture(model):
     """Records the SSM calls of every mixer in `model` while the context is open; yields the list of
-    `Layer`s (filled in forward order; call the model inside the context)."""
+    `Layer`s (filled in forward order; call the model inside the context).
+
+    Nothing is patched: the op calls come from py.ops.observe, and which layer, direction and token
+    grid a call belongs to from forward hooks (PyTorch's public module hooks) on the mixers and their
+    submodules: a Vim mixer's x_proj / x_proj_b run right before that direction's scan, SS2D's input
+    gives its grid, PVMamba's StateProduct submodule receives the quadratic form's Bm and Cm."""
     from py.models.pvmamba import PVMambaMixer
     from py.models.vim import BiMamba, VisionMamba
     from py.models.vmamba import SS2D, SS2DMamba2
-    ss_mod = sys.modules["py.ops.selective_scan"]
-    ssd_mod = sys.modules["py.ops.ssd"]
-    originals = {"selective_scan": ss_mod.selective_scan, "ssd": ssd_mod.ssd}
-    layers, active = [], []  # active: stack of (Layer, direction or None); None = do not record
+    from py.ops import observe
 
-    def recorder(kind, names):
-        fn = originals[kind]
-
-        def wrapped(*args, **kwargs):
-            y = fn(*args, **kwargs)
-            if active and active[-1] is not None:
-                layer, direction = active[-1]
-                out = y[0] if isinstance(y, tuple) else y
-                layer.records.append(Record(kind, {k: _detach(v) for k, v in _bind(names, args, kwargs).items()},
-                                            out.detach().clone(), direction))
-            return y
-        return wrapped
-
-    patched = []  # (module, attribute, original): every module that imported the ops by name
-    wrappers = {"selective_scan": recorder("selective_scan", _SS_ARGS), "ssd": recorder("ssd", _SSD_ARGS)}
-    for mod in list(sys.modules.values()):
-        if not getattr(mod, "__name__", "").startswith("py."):
-            continue
-        for attr, fn in originals.items():
-            if getattr(mod, attr, None) is fn:
-                patched.append((mod, attr, fn))
-                setattr(mod, attr, wrappers[attr])
-
+    layers, active = [], []  # active: stack of (Layer, direction) or None (= do not record)
+    handles = []
     vim_meta = {}
     for m in model.modules():
         if isinstance(m, VisionMamba):
@@ -201,68 +175,63 @@ def capture(model):
         layers.append(layer)
         return layer
 
-    instance_attrs = []  # (module, method name): instance-level wrappers, deleted on exit
+    def enter(entry):
+        def pre_hook(module, args):
+            active.append(entry(module, args) if callable(entry) else entry)
+        return pre_hook
 
-    def wrap(m, attr, make):
-        setattr(m, attr, make(getattr(m, attr)))
-        instance_attrs.append((m, attr))
+    def leave(module, args, output):
+        active.pop()
+
+    def hook(module, pre, post=leave):
+        handles.append(module.register_forward_pre_hook(pre))
+        handles.append(module.register_forward_hook(post))
 
     for name, m in model.named_modules():
         if isinstance(m, BiMamba):
-            grid, cls_pos = vim_meta.get(id(m), (None, None))
-
-            def make(orig, name=name, m=m, grid=grid, cls_pos=cls_pos):
-                def ssm_branch(xz, backward=False, mask=None):
-                    layer = layer_for(name, m, "vim")
-                    layer.grid, layer.cls_pos = grid, cls_pos
-                    active.append((layer, "backward" if backward else "forward"))
-                    try:
-                        return orig(xz, backward, mask)
-                    finally:
-                        active.pop()
-                return ssm_branch
-            wrap(m, "ssm_branch", make)
+            layer = layer_for(name, m, "vim")
+            layer.grid, layer.cls_pos = vim_meta.get(id(m), (None, None))
+            hook(m, enter((layer, None)))
+            # x_proj (forward branch) / x_proj_b (backward branch) run just before their scan.
+            for proj, direction in ((m.x_proj, "forward"), (m.x_proj_b, "backward")):
+                handles.append(proj.register_forward_pre_hook(
+                    lambda module, args, layer=layer, direction=direction: active.__setitem__(-1, (layer, direction))))
         elif isinstance(m, (SS2D, SS2DMamba2)):
             family = "ss2d_ssd" if isinstance(m, SS2DMamba2) else "ss2d"
 
-            def make(orig, name=name, m=m, family=family):
-                def forward_core(x):
-                    layer = layer_for(name, m, family)
-                    layer.grid = tuple(x.shape[-2:])
-                    active.append((layer, None))
-                    try:
-                        return orig(x)
-                    finally:
-                        active.pop()
-                return forward_core
-            wrap(m, "forward_core", make)
+            def ss2d_entry(module, args, name=name, family=family):
+                layer = layer_for(name, module, family)
+                layer.grid = tuple(args[0].shape[-2:])  # SS2D is channel-first and keeps H, W
+                return (layer, None)
+            hook(m, enter(ss2d_entry))
         elif isinstance(m, PVMambaMixer):
-            def make_fwd(orig, name=name, m=m):
-                def forward(u, H, W, points=None):
-                    layer_for(name, m, "pvmamba").grid = (int(H), int(W))
-                    return orig(u, H, W, points)
-                return forward
+            def mixer_entry(module, args, name=name):
+                layer_for(name, module, "pvmamba").grid = (int(args[1]), int(args[2]))
+                return None  # an inner py.ops.ssd call (state_backend="ssd") is the same product
 
-            def make_sp(orig, name=name, m=m):
-                def state_product(v, Bm, Cm):
-                    active.append(None)  # an inner py.ops.ssd call (state_backend="ssd") is the same product
-                    try:
-                        y = orig(v, Bm, Cm)
-                    finally:
-                        active.pop()
-                    layer_for(name, m, "pvmamba").records.append(
-                        Record("quadratic", dict(v=_detach(v), Bm=_detach(Bm), Cm=_detach(Cm)), y.detach().clone()))
-                    return y
-                return state_product
-            wrap(m, "forward", make_fwd)
-            wrap(m, "state_product", make_sp)
+            def product_done(module, args, output, name=name, mixer=m):
+                v, Bm, Cm = args
+                layer_for(name, mixer, "pvmamba").records.append(
+                    Record("quadratic", dict(v=_detach(v), Bm=_detach(Bm), Cm=_detach(Cm)), output.detach().clone()))
+            hook(m, enter(mixer_entry))
+            handles.append(m.product.register_forward_hook(product_done))
+
+    names = {"selective_scan": _SS_ARGS, "ssd": _SSD_ARGS}
+
+    def on_call(call):
+        if call.op not in names or not active or active[-1] is None:
+            return
+        layer, direction = active[-1]
+        out = call.output[0] if isinstance(call.output, tuple) else call.output
+        layer.records.append(Record(call.op, {k: _detach(v) for k, v in call.args.items() if k in names[call.op]},
+                                    out.detach().clone(), direction))
+
     try:
-        yield layers
+        with observe(on_call):
+            yield layers
     finally:
-        for mod, attr, fn in patched:
-            setattr(mod, attr, fn)
-        for m, attr in instance_attrs:
-            delattr(m, attr)
+        for h in handles:
+            h.remove()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -276,6 +276,25 @@ class SpatialAdaptiveSampler(nn.Module):
         return agg.transpose(1, 2).contiguous(), points
 
 
+class StateProduct(nn.Module):
+    """The non-causal state product Cm (Bm^T V') of PVMambaMixer, a module of its own (no parameters)
+    so that analysis tools can observe its inputs with a forward hook (py/eval/attention_maps.py)."""
+
+    def __init__(self, state_backend="matmul"):
+        super().__init__()
+        self.state_backend = state_backend
+
+    def forward(self, v, Bm, Cm):
+        if self.state_backend == "matmul":
+            return nc_ssd_linear(v, Bm, Cm)
+        from py.ops.ssd import ssd
+
+        B, nheads, L, _ = v.shape
+        y = ssd(v.transpose(1, 2), v.new_ones(B, L, nheads), -v.new_ones(nheads),
+                Bm.unsqueeze(2), Cm.unsqueeze(2), chunk_size=256, causal=False)
+        return y.transpose(1, 2)
+
+
 class PVMambaMixer(nn.Module):
     """DSA token mixer of stages 0-2 (upstream `mamba_op`); see the module docstring for the maths."""
 
@@ -296,6 +315,7 @@ class PVMambaMixer(nn.Module):
         self.pattern = pattern
         self.official_layout = official_layout
         self.state_backend = state_backend
+        self.product = StateProduct(state_backend)
         conv_dim = self.d_inner + 2 * d_state
         self.in_proj = nn.Linear(dim, 2 * self.d_inner + 2 * d_state + num_heads, bias=False)
         self.conv2d = nn.Conv2d(conv_dim, conv_dim, d_conv, padding=(d_conv - 1) // 2, groups=conv_dim)
@@ -337,14 +357,7 @@ class PVMambaMixer(nn.Module):
 
     def state_product(self, v, Bm, Cm):
         """Cm (Bm^T V') for heads sharing Bm/Cm (ngroups = 1): v (B, nheads, L, P) -> (B, nheads, L, P)."""
-        if self.state_backend == "matmul":
-            return nc_ssd_linear(v, Bm, Cm)
-        from py.ops.ssd import ssd
-
-        B, _, L, _ = v.shape
-        y = ssd(v.transpose(1, 2), v.new_ones(B, L, self.nheads), -v.new_ones(self.nheads),
-                Bm.unsqueeze(2), Cm.unsqueeze(2), chunk_size=256, causal=False)
-        return y.transpose(1, 2)
+        return self.product(v, Bm, Cm)
 
     def forward(self, u, H, W, points=None):
         z, x, Bm, Cm, dA = self.project(u, H, W)

@@ -210,11 +210,17 @@ class SS2D(_SS2DBase):
         xs = cross_scan(x, backend=self.backend)  # (B, K, Di, L)
         dts, bs, cs = self._project(xs)
         dts = F.conv1d(dts.reshape(b, k * r, h * w), self.dt_projs_weight.view(k * d, r, 1), groups=k)
-        ys = selective_scan(
-            xs.reshape(b, k * d, h * w), dts, -torch.exp(_fp32(self.A_logs)), bs.contiguous(), cs.contiguous(),
-            D=_fp32(self.Ds), delta_bias=_fp32(self.dt_projs_bias).view(-1),
-            delta_softplus=True, backend=self.backend)
-        y = cross_merge(ys.view(b, k, d, h, w), backend=self.backend)  # (B, Di, L)
+        A, D, bias = -torch.exp(_fp32(self.A_logs)), _fp32(self.Ds), _fp32(self.dt_projs_bias).view(-1)
+        from py.ops import selective_scan_cuda  # the fused CUDA op; this method is its only user here
+        if selective_scan_cuda.fused_cross2d_applies(x, self.d_state, self.backend):
+            # The scan reads x through the four traversals and writes the merged map (same result as
+            # below): no (B, K, Di, L) copy enters the scan and no cross_merge runs.
+            y = selective_scan_cuda.selective_scan_cross2d(x, dts, A, bs.contiguous(), cs.contiguous(), D=D,
+                                                           delta_bias=bias, delta_softplus=True, backend=self.backend)
+        else:
+            ys = selective_scan(xs.reshape(b, k * d, h * w), dts, A, bs.contiguous(), cs.contiguous(), D=D,
+                                delta_bias=bias, delta_softplus=True, backend=self.backend)
+            y = cross_merge(ys.view(b, k, d, h, w), backend=self.backend)  # (B, Di, L)
         return self.out_norm(y.view(b, d, h, w)).to(x.dtype)
 
 

@@ -2,13 +2,16 @@
 
 Each op takes `backend="auto"|"reference"|"cpu"|"cuda"`; see its module for shapes and formulas.
 `force_backend(name)` (a context manager) makes every op inside it run `name`, e.g. "reference" for
-graph capture.
+graph capture; `observe(callback)` hands every op call (name, bound arguments, output) made inside it
+to the callback (py/ops/observe.py).
 """
 from py.ops._common import force_backend
 from py.ops.cross_scan import cross_merge, cross_scan
 from py.ops.dcnv4 import dcnv4
 from py.ops.hello import axpy_
+from py.ops.observe import OpCall, observe
 from py.ops.selective_scan import selective_scan
 from py.ops.ssd import ssd
 
-__all__ = ["axpy_", "cross_merge", "cross_scan", "dcnv4", "force_backend", "selective_scan", "ssd"]
+__all__ = ["OpCall", "axpy_", "cross_merge", "cross_scan", "dcnv4", "force_backend", "observe", "selective_scan",
+           "ssd"]

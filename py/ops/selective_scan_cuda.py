@@ -173,6 +173,20 @@ def run(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, 
     return _apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, None)
 
 
+def fused_cross2d_applies(x, d_state, backend="auto"):
+    """Whether a model should call `selective_scan_cross2d` instead of cross_scan -> selective_scan ->
+    cross_merge for the map x: x is a CUDA tensor of a kernel dtype, d_state fits the kernels, and
+    `backend` (after any force_backend) resolves to the built CUDA extension. Anything else (CPU,
+    "reference", an unbuilt extension, a backend that would raise) keeps the unfused ops."""
+    if x.device.type != "cuda" or x.dtype not in DTYPES or d_state > 256:
+        return False
+    try:  # op name "selective_scan": its one-time fallback warning is the unfused scan's own
+        resolved = _common.resolve_backend("selective_scan", backend, x.device, cuda_extension=EXT)
+    except (TypeError, ValueError):
+        return False
+    return resolved == "cuda"
+
+
 def selective_scan_cross2d_reference(x, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
     """cross_merge(selective_scan(cross_scan(x))) in plain PyTorch: x (batch, Di, H, W) -> (batch, Di, H, W)."""
     from py.ops.cross_scan import cross_merge_reference, cross_scan_reference

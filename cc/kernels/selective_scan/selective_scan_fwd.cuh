@@ -1,6 +1,6 @@
 // Selective-scan forward kernel template. Not yet run on a GPU: checked by compilation (ptxas:
-// no spills, no stack), the host-side index tests and the NumPy model of this chunk-carry scheme
-// (py/ops/tests/test_selective_scan_chunked_model.py).
+// no spills, no stack), the host-side index tests and a step-by-step CPU model of this kernel and
+// the backward against the reference (py/ops/tests/selective_scan_cuda_model.py; keep it in step).
 //
 // One warp per (batch, channel) row, chunks of Geo::kChunk positions in order. Per chunk and per
 // tile of kNTile states, each lane composes the affine steps h -> exp(dt*A)*h + dt*B*u of its
