@@ -43,9 +43,13 @@ def _register_with_timm(name):
         return
 
     def timm_entry(pretrained=False, **kwargs):
-        kwargs.pop("pretrained_cfg", None)
-        kwargs.pop("pretrained_cfg_overlay", None)
+        # timm's way to name a local file: pretrained_cfg_overlay=dict(file=PATH) (or a pretrained_cfg
+        # with "file"); pretrained=True without one raises WeightsError (no hub is used).
+        cfgs = [kwargs.pop("pretrained_cfg", None), kwargs.pop("pretrained_cfg_overlay", None)]
         kwargs.pop("cache_dir", None)
+        files = [c.get("file") for c in cfgs if isinstance(c, dict) and c.get("file")]
+        if pretrained and files:
+            pretrained = files[-1]
         return create_model(name, pretrained=pretrained or None, **kwargs)
 
     timm_entry.__name__ = name

@@ -25,7 +25,8 @@ from py.models import interop
 from py.models.features import FeatureInfo, check_output_fmt, checkpointed, take_indices
 from py.models.registry import imagenet_cfg, register_model
 
-__all__ = ["VisionMamba", "BiMamba", "Block", "PatchEmbed", "VIM_CFGS", "vim_tiny", "vim_small", "vim_base", "vim_mnist"]
+__all__ = ["VisionMamba", "BiMamba", "Block", "PatchEmbed", "VIM_CFGS", "resample_pos_embed", "vim_tiny", "vim_small",
+           "vim_base", "vim_mnist"]
 
 # ----------------------------------------------------------------------------------------------
 # Configurations (spec 1.4). Every released size: patch 16, depth 24, N 16, expand 2, d_conv 4.

@@ -359,8 +359,9 @@ def load_into(model, source, weights="model", adapt=False, trust_pickle=False):
     """Reads `source` and loads its `weights` ("model" or "ema") into `model`. Returns the Checkpoint."""
     if source is True:
         raise WeightsError("pretrained=True needs a weights hub, which this project does not use: pass "
-                           "the path of a local file instead, e.g. pretrained='vim_s.safetensors' (or "
-                           "--finetune=PATH)")
+                           "the path of a local file instead, e.g. create_model(name, pretrained='w.safetensors'), "
+                           "timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file="
+                           "'w.safetensors')) or --finetune=PATH")
     ckpt = read(source, trust_pickle)
     label, state = ckpt.select(weights)
     load_state(model, state, adapt, f"{ckpt.source}[{label}]" if len(ckpt.states) > 1 else ckpt.source)

@@ -140,6 +140,15 @@ def test_pretrained_true_says_how_to_pass_a_file():
         timm.create_model("vim_mnist", pretrained=True)
 
 
+def test_timm_pretrained_cfg_overlay_names_a_local_file(tmp_path):
+    import timm
+    src = _vim()
+    save_file(_tensors(src), str(tmp_path / "w.safetensors"))
+    overlay = dict(file=str(tmp_path / "w.safetensors"))
+    model = timm.create_model("vim_mnist", pretrained=True, pretrained_cfg_overlay=overlay, **TINY_VIM)
+    assert _same(model, src.state_dict())
+
+
 # ----------------------------------------------------------------------------------------------
 # Validation: finite, shapes, checksums, fallback
 # ----------------------------------------------------------------------------------------------
@@ -226,7 +235,8 @@ def test_finetune_to_other_classes_and_size(tmp_path, capsys):
         assert model(torch.randn(2, 1, 36, 36)).shape == (2, 100)
     # Without adapt (evaluation), the same file is a mismatch naming both causes.
     with pytest.raises(weights.WeightsError, match="hint: the classifier size differs"):
-        models.load_checkpoint(models.create_model("vim_mnist", num_classes=100, **TINY_VIM), tmp_path / "w.safetensors")
+        models.load_checkpoint(models.create_model("vim_mnist", num_classes=100, **TINY_VIM),
+                               tmp_path / "w.safetensors")
 
 
 def test_resample_pos_embed_is_exact_on_same_grid_and_smooth_fields():
