@@ -417,6 +417,10 @@ void backward(const Geom& g, std::uintptr_t value, std::uintptr_t offset_mask,
   const T* go = reinterpret_cast<const T*>(grad_out);
   T* gv = reinterpret_cast<T*>(grad_value);         // contiguous (N, H, W, G*D)
   T* gom = reinterpret_cast<T*>(grad_offset_mask);  // contiguous (N, Ho, Wo, P)
+  if (g.G * g.D == 0) {  // empty output: the offset/mask gradient is 0, grad_value is empty
+    std::fill(gom, gom + g.N * g.Ho * g.Wo * g.P, T(0));
+    return;
+  }
   const int64_t image = g.H * g.W * g.G * g.D;
   const int64_t S = backward_slices(g);
   // Slice s > 0 of image n scatters into buffers[(s-1)*N + n]; slice 0 straight into grad_value.
@@ -469,7 +473,7 @@ Geom make_geom(const std::vector<int64_t>& shape, const std::vector<int64_t>& co
                  g.ph >= 0 && g.pw >= 0,
              "bad convolution parameters");
   VSSM_CHECK(!remove_center || (g.kh % 2 == 1 && g.kw % 2 == 1), "remove_center needs odd kernels");
-  VSSM_CHECK(g.K >= 1 && g.G >= 1 && g.D >= 1, "need K, group, group_channels >= 1");
+  VSSM_CHECK(g.K >= 1 && g.G >= 0 && g.D >= 0, "need K >= 1 and group, group_channels >= 0");
   VSSM_CHECK(g.P >= 3 * g.G * g.K, "P=", g.P, " < 3*group*K=", 3 * g.G * g.K);
   VSSM_CHECK(value_strides[3] == 1, "value must have channel stride 1");
   g.v_n = value_strides[0]; g.v_h = value_strides[1]; g.v_w = value_strides[2];
@@ -483,7 +487,7 @@ void forward_entry(const std::string& dtype, std::uintptr_t value, std::vector<i
                    int64_t group_channels, double offset_scale, bool remove_center, int threads) {
   const Geom g = make_geom(shape, conv, group, group_channels, offset_scale, remove_center,
                            value_strides, om_strides);
-  if (g.N * g.Ho * g.Wo == 0) return;
+  if (g.N * g.Ho * g.Wo * g.G * g.D == 0) return;  // empty output
   if (dtype == "float32") return forward<float>(g, value, offset_mask, out, threads);
   if (dtype == "float64") return forward<double>(g, value, offset_mask, out, threads);
   visionssm::fail("dcnv4 forward: dtype must be float32 or float64, got ", dtype);
@@ -501,7 +505,7 @@ void backward_entry(const std::string& dtype, std::uintptr_t value,
   VSSM_CHECK(grad_out_strides.size() == 4 && grad_out_strides[3] == 1,
              "grad_output must have 4 strides and channel stride 1");
   g.go_n = grad_out_strides[0]; g.go_h = grad_out_strides[1]; g.go_w = grad_out_strides[2];
-  if (g.N == 0) return;
+  if (g.N * g.Ho * g.Wo == 0) return;
   if (dtype == "float32")
     return backward<float>(g, value, offset_mask, grad_out, grad_value, grad_offset_mask, threads);
   if (dtype == "float64")

@@ -1049,7 +1049,9 @@ void run_backward(Args<T>& p, Ptr dout, const Strides& dos, Ptr ckpt, Ptr saved,
   VSSM_CHECK((dout && du && ddelta && dA_part && dB_part && dC_part) || p.batch * p.dim * p.L == 0,
              "gradient buffers must be non-null");
   VSSM_CHECK(!p.z || dz, "dz must be non-null when z is given");
-  VSSM_CHECK(ckpt || p.nblk() <= 1, "checkpoints are required when L > chunk");
+  // No channel rows (batch or dim 0): nothing reads checkpoints, and an empty checkpoint tensor
+  // has a null address.
+  VSSM_CHECK(ckpt || p.nblk() <= 1 || p.batch * p.dim == 0, "checkpoints are required when L > chunk");
   p.dout = reinterpret_cast<const T*>(dout);
   p.do_sb = dos[0];
   p.do_sd = dos[1];

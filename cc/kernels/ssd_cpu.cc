@@ -3,9 +3,10 @@
 // element strides; outputs are contiguous buffers allocated by Python. Never links libtorch.
 //
 // Causal algorithm (per batch x head, blocks of q <= min(chunk_size, kMaxBlock) tokens):
-//   within a block, c_i = sum_{k<=i} dt'_k A (block-local cumsum) and r = (max c + min c) / 2.
-//   The decay exp(c_i - c_j) of the intra-block "attention" factorises into row/column scalings:
-//     Ct_i = exp(c_i - r) C_i,  Bt_j = exp(r - c_j) B_j,  X'_j = dt'_j x_j,  S' = exp(r) S_in
+//   within a block, a_0 = dt'_0 A (first token), c_i = sum_{0<k<=i} dt'_k A (so c_0 = 0) and
+//   r = (max c + min c) / 2. The decay exp(c_i - c_j) of the intra-block "attention" factorises
+//   into row/column scalings:
+//     Ct_i = exp(c_i - r) C_i,  Bt_j = exp(r - c_j) B_j,  X'_j = dt'_j x_j,  S' = exp(a_0 + r) S_in
 //     Y    = Ct S'^T + tril(Ct Bt^T) X'                    (+ D x, * silu(z))
 //     S_out = exp(c_last - r) (S' + X'^T Bt)
 //   so a block is four small GEMMs and only O(q) exponentials. The block is cut early whenever the
@@ -52,12 +53,14 @@ struct Vec<float> {
   typedef float type __attribute__((vector_size(32)));
   static constexpr int W = 8;
   static constexpr float kRange = 64.0f;
+  static constexpr int kBigExp = 20;  // see rescale_block
 };
 template <>
 struct Vec<double> {
   typedef double type __attribute__((vector_size(32)));
   static constexpr int W = 4;
   static constexpr double kRange = 600.0;
+  static constexpr int kBigExp = 300;
 };
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
@@ -345,27 +348,67 @@ struct HeadIn {
   }
 };
 
-// Picks the next causal block starting at t0: fills dtv/cv (block-local cumsum of dt'A) and
-// returns its length; r receives the centring offset.
+// Picks the next causal block starting at t0 < L and returns its length q >= 1. Fills dtv (dt')
+// and cv (c_i = sum_{0<k<=i} dt'_k A, c_0 = 0); a0 receives the first token's dt'_0 A, r the
+// centring offset. The first step stays out of the sums on purpose: it may be huge (dt' = 1e30
+// gives a0 = -1e30, and -1e30 + 0.5 == -1e30 would erase every decay inside the block). A later
+// step that large leaves kRange, so it starts the next block instead.
 template <typename T>
 VSSM_INLINE int next_block(const HeadIn<T>& in, int64_t t0, int64_t L, int qmax, T* dtv, T* cv,
-                           T& r) {
-  T cs = 0, cmin = 0, cmax = 0;
-  int q = 0;
+                           T& a0, T& r) {
+  T cmin = 0, cmax = 0;
+  dtv[0] = in.delta(t0);
+  cv[0] = 0;
+  a0 = dtv[0] * in.A;
+  int q = 1;
   while (q < qmax && t0 + q < L) {
     const T d = in.delta(t0 + q);
-    const T cn = cs + d * in.A;
-    const T nmin = q ? std::min(cmin, cn) : cn, nmax = q ? std::max(cmax, cn) : cn;
-    if (q > 0 && nmax - nmin > Vec<T>::kRange) break;
+    const T cn = cv[q - 1] + d * in.A;
+    const T nmin = std::min(cmin, cn), nmax = std::max(cmax, cn);
+    if (nmax - nmin > Vec<T>::kRange) break;
     dtv[q] = d;
     cv[q] = cn;
-    cs = cn;
     cmin = nmin;
     cmax = nmax;
     ++q;
   }
   r = (cmin + cmax) / 2;
   return q;
+}
+
+// max |a[i, j]| over rows x cols (leading dimension ld).
+template <typename T>
+VSSM_INLINE T max_abs(int64_t rows, int64_t cols, const T* a, int64_t ld) {
+  T m = 0;
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) m = std::max(m, std::abs(a[i * ld + j]));
+  return m;
+}
+
+template <typename T>
+VSSM_INLINE void scale_rows(int64_t rows, int64_t cols, T* a, int64_t ld, T f) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) a[i * ld + j] *= f;
+}
+
+// Huge values (dt' = 1e30 makes X' = dt' x that large): the block factors e^{c-r}, e^{r-c} reach
+// e^{kRange/2}, so a GEMM over X' or the carried state could overflow although every result is
+// representable. A block whose X' or state exceeds 2^kBigExp therefore runs on both scaled by
+// 2^-k (exact), with its X'/state-linear results scaled back by 2^k; k = 0 in ordinary blocks.
+// The state S (rows x cols) is kept as S_true * 2^-ks; it is measured only while scaled (ks > 0)
+// or when check_state is set (an initial state). Rescales X' (q x P) and S, returns k = ks.
+template <typename T>
+VSSM_INLINE int rescale_block(int q, int64_t P, T* Xp, int64_t ldP, int64_t rows, int64_t cols, T* S,
+                              int64_t lds, bool check_state, int& ks) {
+  const auto exp_of = [](T m) {  // 0, or the k with m * 2^-k <= 1 when m > 2^kBigExp
+    return m > std::ldexp(T(1), Vec<T>::kBigExp) && std::isfinite(m) ? std::ilogb(m) + 1 : 0;
+  };
+  int k = exp_of(max_abs<T>(q, P, Xp, ldP));
+  if (ks > 0 || check_state) k = std::max(k, exp_of(std::ldexp(max_abs<T>(rows, cols, S, lds), ks)));
+  if (k != ks) scale_rows<T>(rows, cols, S, lds, std::ldexp(T(1), ks - k));
+  if (k > 0) scale_rows<T>(q, P, Xp, ldP, std::ldexp(T(1), -k));
+  ks = k;
+  return k;
 }
 
 // Scratch sizes for one head (leading dims rounded to the vector width).
@@ -440,9 +483,10 @@ VSSM_INLINE void causal_fwd_head(const Problem& pb, int64_t b, int64_t h, T* out
   T* ob = out + (b * pb.L * pb.H + h) * pb.P;
   T* pg = pregate ? pregate + (b * pb.L * pb.H + h) * pb.P : nullptr;
 
+  int ks = 0;  // ST holds the state * 2^-ks (rescale_block)
   for (int64_t t0 = 0; t0 < pb.L;) {
-    T r;
-    const int q = next_block(in, t0, pb.L, qmax, dtv, cv, r);
+    T a0, r;
+    const int q = next_block(in, t0, pb.L, qmax, dtv, cv, a0, r);
     in.prefetch(t0 + q, t0 + q + qmax, pb.L, d.P, d.N);
     {
       const int64_t hi = std::min<int64_t>(t0 + q + qmax, pb.L);
@@ -450,16 +494,18 @@ VSSM_INLINE void causal_fwd_head(const Problem& pb, int64_t b, int64_t h, T* out
       prefetch_rows(pg, so_t, t0 + q, hi, d.P, 1, true);
     }
     gather_block(in, d, t0, q, dtv, cv, r, e1, e2, Ct, static_cast<T*>(nullptr), BtT, Xp);
-    const T es = std::exp(r);
+    const int k = rescale_block(q, d.P, Xp, d.ldP, d.N, d.P, ST, d.ldP, t0 == 0 && pb.init.ptr, ks);
+    const T es = std::exp(a0 + r);
     const T E = std::exp(cv[q - 1] - r);
-    // Y = exp(r) * Ct ST  (off-diagonal: carried state)
+    // Y = exp(a0 + r) * Ct ST  (off-diagonal: carried state)
     gemm<T, false>(q, d.P, d.N, Ct, d.ldN, ST, d.ldP, Y, d.ldP, es);
     // Mq = tril(Ct Bt^T); Y += Mq X'
     gemm<T, false>(q, q, d.N, Ct, d.ldN, BtT, d.ldQ, Mq, d.ldQ, T(1), T(0), kFull, true);
     zero_upper(q, Mq, d.ldQ);
     gemm<T, true>(q, d.P, q, Mq, d.ldQ, Xp, d.ldP, Y, d.ldP, T(1), T(1), kLowerA);
-    // ST = exp(c_last) ST + E * Bt^T X'
-    gemm<T, true>(d.N, d.P, q, BtT, d.ldQ, Xp, d.ldP, ST, d.ldP, E, std::exp(cv[q - 1]));
+    // ST = exp(a0 + c_last) ST + E * Bt^T X'
+    gemm<T, true>(d.N, d.P, q, BtT, d.ldQ, Xp, d.ldP, ST, d.ldP, E, std::exp(a0 + cv[q - 1]));
+    if (k > 0) scale_rows<T>(q, d.P, Y, d.ldP, std::ldexp(T(1), k));
     // epilogue: + D x, gating, store
     for (int i = 0; i < q; ++i) {
       const int64_t t = t0 + i;
@@ -471,8 +517,9 @@ VSSM_INLINE void causal_fwd_head(const Problem& pb, int64_t b, int64_t h, T* out
   }
   if (final_states) {
     T* F = final_states + (b * pb.H + h) * pb.P * pb.N;
+    const T f = std::ldexp(T(1), ks);
     for (int64_t p = 0; p < d.P; ++p)
-      for (int64_t n = 0; n < d.N; ++n) F[p * d.N + n] = ST[n * d.ldP + p];
+      for (int64_t n = 0; n < d.N; ++n) F[p * d.N + n] = ST[n * d.ldP + p] * f;
   }
 }
 
@@ -529,11 +576,11 @@ VSSM_INLINE void load_dy(const Problem& pb, const HeadIn<T>& in, const Grads<T>&
 // ---------------------------------------------------------------------------------------------
 // Causal backward, one (batch, head); dB/dC accumulate into `slot`.
 //
-// With S' = e^r S_in, U = S' + X'^T Bt, S_out = E U, M = tril(Ct Bt^T), Y = Ct S'^T + M X':
+// With s = a_0 + r, S' = e^s S_in, U = S' + X'^T Bt, S_out = E U, M = tril(Ct Bt^T), Y = Ct S'^T + M X':
 //   dU = E dS_out, dM = tril(dY X'^T),
-//   dCt = dY S' + dM Bt, dBt = X' dU^T + dM^T Ct, dX' = M^T dY + Bt dU, dS_in = e^r (dU + Ct^T dY).
-// The block-local log-decays c_i enter through Ct (e^{c_i}), Bt (e^{-c_j}) and E (e^{c_last});
-// r is a gauge (the result does not depend on it) and is held fixed. For a_m = dt'_m A,
+//   dCt = dY S' + dM Bt, dBt = X' dU^T + dM^T Ct, dX' = M^T dY + Bt dU, dS_in = e^s (dU + Ct^T dY).
+// The log-decays a_0 + c_i enter through Ct (e^{c_i}), Bt (e^{-c_j}) and E (e^{c_last}) relative
+// to s, a gauge (the result does not depend on it) that is held fixed. For a_m = dt'_m A,
 // d/da_m = sum_{k>=m} d/dc_k, written without cancellation as
 //   da_m = sum_{k>=m} gC_k + <dU, S'> + sum_{j<m} gB_j + sum_{i>=m} sum_{j<m} dM[i,j] M[i,j]
 // where gC_i = (dY S')_i . Ct_i and gB_j = (X' dU^T)_j . Bt_j (the decay-free pairs i,j >= m cancel
@@ -589,18 +636,21 @@ VSSM_INLINE void causal_bwd_head(const Problem& pb, const Grads<T>& gr, int64_t 
     for (int64_t p = 0; p < d.P; ++p)
       for (int64_t n = 0; n < d.N; ++n) SP[p * d.ldN + n] = S0[p * pb.init.s[2] + n * pb.init.s[3]];
   }
+  std::vector<int> scales;  // per block: its rescale_block exponent (the state is stored scaled)
+  int ks = 0;
   for (int64_t t0 = 0; t0 < pb.L;) {
-    T r;
-    const int q = next_block(in, t0, pb.L, qmax, dtv, cv, r);
-    starts.push_back(t0);
-    states.insert(states.end(), SP, SP + PN);
+    T a0, r;
+    const int q = next_block(in, t0, pb.L, qmax, dtv, cv, a0, r);
     prefetch_rows(in.x, in.sxt, t0 + q, std::min<int64_t>(t0 + q + qmax, pb.L), d.P, 1);
     prefetch_rows(in.B, in.sBt, t0 + q, std::min<int64_t>(t0 + q + qmax, pb.L), d.N, 1);
     gather_block(in, d, t0, q, dtv, cv, r, e1, e2, static_cast<T*>(nullptr), Bt,
                  static_cast<T*>(nullptr), Xp);
+    scales.push_back(rescale_block(q, d.P, Xp, d.ldP, d.P, d.N, SP, d.ldN, t0 == 0 && pb.init.ptr, ks));
+    starts.push_back(t0);
+    states.insert(states.end(), SP, SP + PN);
     const T E = std::exp(cv[q - 1] - r);
-    // S = exp(c_last) S + E X'^T Bt
-    gemm_t<T, true>(d.P, d.N, q, Xp, d.ldP, Bt, d.ldN, SP, d.ldN, E, std::exp(cv[q - 1]));
+    // S = exp(a0 + c_last) S + E X'^T Bt
+    gemm_t<T, true>(d.P, d.N, q, Xp, d.ldP, Bt, d.ldN, SP, d.ldN, E, std::exp(a0 + cv[q - 1]));
     t0 += q;
   }
   starts.push_back(pb.L);
@@ -618,8 +668,8 @@ VSSM_INLINE void causal_bwd_head(const Problem& pb, const Grads<T>& gr, int64_t 
   std::vector<double> dD_acc(d.P, 0.0);
   for (int64_t blk = static_cast<int64_t>(starts.size()) - 2; blk >= 0; --blk) {
     const int64_t t0 = starts[blk];
-    T r;
-    const int q = next_block(in, t0, pb.L, qmax, dtv, cv, r);
+    T a0, r;
+    const int q = next_block(in, t0, pb.L, qmax, dtv, cv, a0, r);
     if (blk > 0) {
       const int64_t lo = starts[blk - 1];
       in.prefetch(lo, t0, pb.L, d.P, d.N);
@@ -629,7 +679,11 @@ VSSM_INLINE void causal_bwd_head(const Problem& pb, const Grads<T>& gr, int64_t 
       if (gr.dz) prefetch_rows(gr.dz + obase, so_t, lo, t0, d.P, 1, true);
     }
     gather_block(in, d, t0, q, dtv, cv, r, e1, e2, Ct, Bt, BtT, Xp);
-    const T es = std::exp(r), E = std::exp(cv[q - 1] - r);
+    // X' and S_in at the block's scale 2^-k (pass 1); the X'/S-linear dM, dCt, dBt, da get f = 2^k.
+    const int k = scales[blk];
+    if (k > 0) scale_rows<T>(q, d.P, Xp, d.ldP, std::ldexp(T(1), -k));
+    const T f = std::ldexp(T(1), k);
+    const T es = std::exp(a0 + r), E = std::exp(cv[q - 1] - r), decay = std::exp(a0 + cv[q - 1]);
     load_dy(pb, in, gr, b, h, t0, q, d.ldP, dY, sg);
     const T* S_in = states.data() + blk * PN;           // P x N
     transpose<T>(d.N, d.P, dST, d.ldP, dSTT, d.ldN);  // dS_out (P x N)
@@ -657,15 +711,15 @@ VSSM_INLINE void causal_bwd_head(const Problem& pb, const Grads<T>& gr, int64_t 
     // dX' = M^T dY + E Bt dS_out
     gemm_t<T, false>(q, d.P, q, Mq, d.ldQ, dY, d.ldP, dXp, d.ldP, T(1), T(0), kUpperA);
     gemm<T, true>(q, d.P, d.N, Bt, d.ldN, dST, d.ldP, dXp, d.ldP, E, T(1));
-    // <dU, S'> = E e^r <dS_out, S_in>   (before dST is overwritten)
+    // <dU, S'> = E e^s <dS_out, S_in>   (before dST is overwritten)
     T gU = 0;
     for (int64_t p = 0; p < d.P; ++p) {
       const T *a = dSTT + p * d.ldN, *s = S_in + p * d.ldN;
       for (int64_t n = 0; n < d.N; ++n) gU += a[n] * s[n];
     }
-    gU *= std::exp(cv[q - 1]);
-    // dS_in = e^r (E dS_out + Ct^T dY)
-    gemm_t<T, true>(d.N, d.P, q, Ct, d.ldN, dY, d.ldP, dST, d.ldP, es, std::exp(cv[q - 1]));
+    gU *= decay;
+    // dS_in = e^s (E dS_out + Ct^T dY)
+    gemm_t<T, true>(d.N, d.P, q, Ct, d.ldN, dY, d.ldP, dST, d.ldP, es, decay);
     // RT[m] = sum_{i>=m} sum_{j<m} dM[i,j] M[i,j]
     std::fill(RT, RT + q + 1, T(0));
     for (int i = 1; i < q; ++i) {
@@ -684,7 +738,7 @@ VSSM_INLINE void causal_bwd_head(const Problem& pb, const Grads<T>& gr, int64_t 
       }
       T prefix = 0;
       for (int m = 0; m < q; ++m) {
-        da[m] += gU + prefix + RT[m];
+        da[m] = (da[m] + (gU + prefix + RT[m])) * f;
         prefix += gB[m];
       }
     }
@@ -711,8 +765,8 @@ VSSM_INLINE void causal_bwd_head(const Problem& pb, const Grads<T>& gr, int64_t 
       T* dCr = gr.dC + ((b * pb.L + t) * gr.slots + slot) * d.N;
       const T *dbt = dBt + i * d.ldN, *dct = dCt + i * d.ldN;
       for (int64_t n = 0; n < d.N; ++n) {
-        dBr[n] += e2[i] * dbt[n];
-        dCr[n] += e1[i] * dct[n];
+        dBr[n] += e2[i] * dbt[n] * f;
+        dCr[n] += e1[i] * dct[n] * f;
       }
     }
   }
@@ -974,13 +1028,15 @@ Problem make_problem(const std::vector<int64_t>& sizes, int64_t chunk_size, bool
   pb.P = sizes[3];
   pb.G = sizes[4];
   pb.N = sizes[5];
-  VSSM_CHECK(pb.batch >= 0 && pb.L >= 0 && pb.H >= 1 && pb.P >= 1 && pb.G >= 1 && pb.N >= 1,
-             "bad sizes");
+  VSSM_CHECK(pb.batch >= 0 && pb.L >= 0 && pb.H >= 0 && pb.P >= 0 && pb.G >= 1 && pb.N >= 1,
+             "bad sizes: need batch, L, heads, headdim >= 0 and groups, dstate >= 1");
   VSSM_CHECK(pb.H % pb.G == 0, "heads must be a multiple of groups");
   VSSM_CHECK(chunk_size >= 1, "chunk_size must be >= 1, got ", chunk_size);
-  VSSM_CHECK(A != 0, "A is required");
   // (empty tensors may have a null address)
-  VSSM_CHECK(sizes[0] * sizes[1] == 0 || (x && dt && B && C), "x, dt, B, C are required");
+  const int64_t tokens = pb.batch * pb.L;
+  VSSM_CHECK(A || pb.H == 0, "A is required");
+  VSSM_CHECK((x || tokens * pb.H * pb.P == 0) && (dt || tokens * pb.H == 0) && ((B && C) || tokens == 0),
+             "x, dt, B, C are required");
   pb.block = static_cast<int>(std::min<int64_t>(chunk_size, kMaxBlock));
   pb.softplus = softplus;
   pb.x = make_view(x, x_s, 4, "x", true);
@@ -1015,6 +1071,7 @@ void fwd_impl(const Problem& pb, bool causal, std::uintptr_t out, std::uintptr_t
   T* o = reinterpret_cast<T*>(out);
   T* pg = reinterpret_cast<T*>(pregate);
   T* f = reinterpret_cast<T*>(final_states);
+  if (pb.P == 0) return;  // y and final_states are empty
   run_tasks(pb.batch * pb.H, threads, [&](int64_t task) {
     fwd_task(pb, causal, task / pb.H, task % pb.H, o, pg, f);
   });
@@ -1031,7 +1088,7 @@ void ssd_fwd(const std::string& dtype, bool causal, const std::vector<int64_t>& 
              std::uintptr_t final_states, int threads) {
   const Problem pb = make_problem(sizes, chunk_size, softplus, x, x_s, dt, dt_s, A, A_s, B, B_s, C,
                                   C_s, D, D_s, z, z_s, dt_bias, dt_bias_s, init, init_s);
-  VSSM_CHECK(out != 0 || pb.batch * pb.L == 0, "out is required");
+  VSSM_CHECK(out != 0 || pb.batch * pb.L * pb.H * pb.P == 0, "out is required");
   VSSM_CHECK(causal || init == 0, "initial_states is only valid with causal=true");
   if (dtype == "float32") return fwd_impl<float>(pb, causal, out, pregate, final_states, threads);
   if (dtype == "float64") return fwd_impl<double>(pb, causal, out, pregate, final_states, threads);
@@ -1056,6 +1113,12 @@ void bwd_impl(const Problem& pb, bool causal, int64_t heads_per_task, const std:
   gr.dinit = reinterpret_cast<T*>(g[11]);
   gr.saved_kv = reinterpret_cast<const T*>(g[12]);
   gr.slots = pb.H / heads_per_task;
+  if (pb.P == 0) {  // y and final_states are empty: every gradient is 0 (dB, dC come zeroed)
+    std::fill(gr.ddt, gr.ddt + pb.batch * pb.L * pb.H, T(0));
+    std::fill(gr.dA, gr.dA + pb.batch * pb.H, T(0));
+    std::fill(gr.dbias, gr.dbias + pb.batch * pb.H, T(0));
+    return;
+  }
   if (pb.z.ptr) VSSM_CHECK(gr.pregate != nullptr, "pregate output is required when z is given");
   run_tasks(pb.batch * gr.slots, threads, [&](int64_t task) {
     const int64_t b = task / gr.slots, s = task % gr.slots;
@@ -1079,11 +1142,13 @@ void ssd_bwd(const std::string& dtype, bool causal, const std::vector<int64_t>& 
   VSSM_CHECK(causal || init == 0, "initial_states is only valid with causal=true");
   VSSM_CHECK(grads.size() == 13, "grads must hold 13 addresses, got ", grads.size());
   const int64_t hpg = pb.H / pb.G;
-  VSSM_CHECK(heads_per_task == 1 || heads_per_task == hpg,
+  VSSM_CHECK(heads_per_task == 1 || (heads_per_task == hpg && hpg >= 1),
              "heads_per_task must be 1 or heads/groups, got ", heads_per_task);
-  if (pb.batch * pb.L > 0)
-    VSSM_CHECK(grads[0] && grads[3] && grads[4] && grads[5] && grads[6], "missing gradient buffers");
-  if (pb.batch > 0) VSSM_CHECK(grads[8] && grads[9] && grads[10], "missing partial-sum buffers");
+  const int64_t rows = pb.batch * pb.L * pb.H;  // (an empty buffer may have a null address)
+  VSSM_CHECK((grads[0] && grads[3]) || rows * pb.P == 0, "missing gradient buffers (dout, dx)");
+  VSSM_CHECK((grads[4] && grads[5] && grads[6]) || rows == 0, "missing gradient buffers (ddt, dB, dC)");
+  VSSM_CHECK((grads[8] && grads[10]) || pb.batch * pb.H == 0, "missing partial-sum buffers (dA, dbias)");
+  VSSM_CHECK(grads[9] || pb.batch * pb.H * pb.P == 0, "missing partial-sum buffer (dD)");
   if (dtype == "float32") return bwd_impl<float>(pb, causal, heads_per_task, grads, threads);
   if (dtype == "float64") return bwd_impl<double>(pb, causal, heads_per_task, grads, threads);
   visionssm::fail("ssd_bwd: dtype must be float32 or float64, got ", dtype);

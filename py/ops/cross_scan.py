@@ -8,6 +8,7 @@ Three layers, like the other ops:
 import torch
 
 from py.ops import _common, _native
+from py.ops.observe import observable
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -91,11 +92,7 @@ def _backend(op, t, backend):
     return _common.resolve_backend(op, backend, t.device, cpu_dtype_ok=native, cuda_extension="cross_scan_cuda")
 
 
-def _check_spatial(name, t, dims, shape_doc):
-    if any(t.shape[d] < 1 for d in dims):
-        raise ValueError(f"{name} must have H, W >= 1 {shape_doc}, got shape {tuple(t.shape)}")
-
-
+@observable("cross_scan")
 def cross_scan(x, backend="auto"):
     """VMamba CrossScan: x (B, C, H, W) -> ys (B, 4, C, L), L = H*W.
 
@@ -104,7 +101,8 @@ def cross_scan(x, backend="auto"):
       k=1 column-major       l1 = w*H + h
       k=2 reversed row-major L-1-l0
       k=3 reversed column-major L-1-l1.
-    The backward is `cross_merge` (its exact adjoint). Any strides are accepted.
+    The backward is `cross_merge` (its exact adjoint). Any strides are accepted; empty sizes
+    (H or W = 0 included) give empty results.
 
     Backends: "reference" (PyTorch transpose/flip, any floating dtype and device); "cpu" (fused C++
     gather, float32/float64 CPU tensors); "auto" picks "cpu" for float32/float64 CPU tensors and the
@@ -113,7 +111,6 @@ def cross_scan(x, backend="auto"):
     self-checks against the reference and falls back to it with a warning if they disagree).
     """
     _common.check_tensor("x", x, ndim=4, dtypes=_FLOATS, shape_doc="(B, C, H, W)")
-    _check_spatial("x", x, (2, 3), "(B, C, H, W)")
     backend = _backend("cross_scan", x, backend)
     with _common.op_scope("cross_scan", lambda: 0):  # data movement: 0 FLOPs (py.models.flops)
         if backend == "reference":
@@ -124,6 +121,7 @@ def cross_scan(x, backend="auto"):
         return CrossScanFunction.apply(x)
 
 
+@observable("cross_merge")
 def cross_merge(y, backend="auto"):
     """VMamba CrossMerge, the exact adjoint of `cross_scan`: y (B, 4, C, H, W) -> (B, C, L), L = H*W.
 
@@ -137,7 +135,6 @@ def cross_merge(y, backend="auto"):
     """
     _common.check_tensor("y", y, ndim=5, dtypes=_FLOATS, shape_doc="(B, 4, C, H, W)")
     _common.check_shape("y", y, (None, 4, None, None, None), shape_doc="(B, 4, C, H, W)")
-    _check_spatial("y", y, (3, 4), "(B, 4, C, H, W)")
     backend = _backend("cross_merge", y, backend)
     with _common.op_scope("cross_merge", lambda: 0):  # data movement: 0 FLOPs (py.models.flops)
         if backend == "reference":

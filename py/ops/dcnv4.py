@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from py.ops import _common, _native
+from py.ops.observe import observable
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -84,7 +85,9 @@ def _dtype_name(t):
 
 
 def _channels_unit_stride(t):
-    return t if t.stride(-1) == 1 else t.contiguous()
+    # Not .contiguous(): it keeps any stride of a size-1 dim (C = 1) and every stride of an empty
+    # tensor (the stride-0 gradient of an empty output's sum), which the kernel rejects.
+    return t if t.stride(-1) == 1 else t.clone(memory_format=torch.contiguous_format)
 
 
 def _cpu_forward(value, offset_mask, cfg):
@@ -144,6 +147,7 @@ def _check_int(name, v, minimum):
         raise ValueError(f"{name} must be >= {minimum}, got {v}")
 
 
+@observable("dcnv4")
 def dcnv4(value, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
           dilation_w, group, group_channels, offset_scale=1.0, remove_center=False, backend="auto"):
     """DCNv4 deformable convolution (no softmax on the modulation), channel-last.
@@ -154,6 +158,8 @@ def dcnv4(value, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad
                    K = kernel_h*kernel_w - remove_center; H_out = (H + 2*pad_h - (dilation_h*(kernel_h-1)+1))
                    // stride_h + 1, likewise W_out.
       returns:     (N, H_out, W_out, group*group_channels), dtype of value.
+    N, group and group_channels may be 0 (an empty result); H and W must be >= 1 (there is nothing
+    to sample from otherwise), H_out and W_out >= 1.
     offset_mask layout: for group g a contiguous block of 3K values at channel g*3K,
     [dx_0, dy_0, ..., dx_{K-1}, dy_{K-1}, m_0, ..., m_{K-1}]; channels 3*group*K..P are ignored
     (they get zero gradient). Point order: kernel column i (width) outer, row j (height) inner, the
@@ -187,7 +193,7 @@ def dcnv4(value, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad
     for name, v, lo in (("kernel_h", kernel_h, 1), ("kernel_w", kernel_w, 1), ("stride_h", stride_h, 1),
                         ("stride_w", stride_w, 1), ("pad_h", pad_h, 0), ("pad_w", pad_w, 0),
                         ("dilation_h", dilation_h, 1), ("dilation_w", dilation_w, 1),
-                        ("group", group, 1), ("group_channels", group_channels, 1)):
+                        ("group", group, 0), ("group_channels", group_channels, 0)):  # 0: empty output
         _check_int(name, v, lo)
     (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group,
      group_channels) = (int(v) for v in (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from py.ops import _common, _native
+from py.ops.observe import observable
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _EXT = "selective_scan_cpu"
@@ -49,9 +50,11 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     dBu = delta[:, :, None, :] * Bx * u[:, :, None, :]
     h = u.new_zeros(batch, dim, N)
     ys = []
-    for t in range(L):
-        h = dA[..., t] * h + dBu[..., t]
-        ys.append((h * Cx[..., t]).sum(-1))
+    # unbind: one backward node per tensor (indexing [..., t] at every step would make the backward
+    # quadratic in L, each step's gradient a full-size zero tensor).
+    for dA_t, dBu_t, C_t in zip(dA.unbind(-1), dBu.unbind(-1), Cx.unbind(-1)):
+        h = dA_t * h + dBu_t
+        ys.append((h * C_t).sum(-1))
     # L = 0: an empty y that still depends on every input, so each gets a (zero) gradient like the
     # kernel's, not None.
     y = torch.stack(ys, dim=-1) if ys else (dA * dBu * Cx).sum(2)
@@ -171,6 +174,7 @@ class SelectiveScanCpuFn(torch.autograd.Function):
 # Public API
 
 
+@observable("selective_scan")
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, backend="auto"):
     """Selective scan (S6) of Mamba-1 / VMamba / Vim.

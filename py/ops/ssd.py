@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from py.ops import _common, _native
+from py.ops.observe import observable
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _NATIVE = (torch.float32, torch.float64)
@@ -120,18 +121,19 @@ def ssd_reference_sequential(x, dt, A, B, C, chunk_size=1, D=None, z=None, dt_bi
     if causal:
         S = (torch.zeros(b, h, p, n, dtype=cd, device=x.device) if initial_states is None
              else initial_states.to(cd))
-        for t in range(L):
-            decay = torch.exp(dt[:, t] * A)  # (b, h)
-            S = S * decay[:, :, None, None] + (dt[:, t, :, None] * x[:, t])[..., None] * Bh[:, t, :, None, :]
-            ys.append(torch.einsum("bhpn,bhn->bhp", S, Ch[:, t]))
+        # unbind, not [:, t]: indexing at every step makes the backward quadratic in L.
+        for dt_t, x_t, B_t, C_t in zip(dt.unbind(1), x.unbind(1), Bh.unbind(1), Ch.unbind(1)):
+            decay = torch.exp(dt_t * A)  # (b, h)
+            S = S * decay[:, :, None, None] + (dt_t[:, :, None] * x_t)[..., None] * B_t[:, :, None, :]
+            ys.append(torch.einsum("bhpn,bhn->bhp", S, C_t))
         final = S
     else:
         KV = torch.zeros(b, h, n, p, dtype=cd, device=x.device)
-        for j in range(L):
-            w = -dt[:, j] * A  # (b, h)
-            KV = KV + Bh[:, j, :, :, None] * (w[:, :, None] * x[:, j])[:, :, None, :]
-        for i in range(L):
-            ys.append(torch.einsum("bhn,bhnp->bhp", Ch[:, i], KV))
+        for dt_j, x_j, B_j in zip(dt.unbind(1), x.unbind(1), Bh.unbind(1)):
+            w = -dt_j * A  # (b, h)
+            KV = KV + B_j[:, :, :, None] * (w[:, :, None] * x_j)[:, :, None, :]
+        for C_i in Ch.unbind(1):
+            ys.append(torch.einsum("bhn,bhnp->bhp", C_i, KV))
         final = KV.transpose(-1, -2)
     y = torch.stack(ys, dim=1) if L > 0 else x.new_zeros(b, 0, h, p)
     y = _finish(y, x, D, z).to(out_dtype)
@@ -203,9 +205,12 @@ def _chunked(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, causal, ini
     Cc = C.view(b, c, Q, g, n).permute(0, 3, 1, 2, 4)[:, :, None]
     # 1. intra-chunk (diagonal blocks): C B^T per group, decay mask per head.
     CB = Cc @ Bc.transpose(-1, -2)  # (b, g, 1, c, Q, Q)
-    Y = (CB * torch.exp(_segsum(a))) @ X  # (b, g, k, c, Q, p)
-    # 2. end-of-chunk local states.
-    decay_states = torch.exp(a_cs[..., -1:] - a_cs)  # (b, g, k, c, Q)
+    decay = torch.exp(_segsum(a))  # (b, g, k, c, Q, Q): exp(a_{j+1} + ... + a_i) for j <= i
+    Y = (CB * decay) @ X  # (b, g, k, c, Q, p)
+    # 2. end-of-chunk local states. The decays to the chunk end are the last row of `decay`, not
+    # exp(a_cs[-1] - a_cs): after a huge step (dt' A = -1e30) both cumsums are -1e30 and the
+    # difference loses every later step.
+    decay_states = decay[..., -1, :]  # (b, g, k, c, Q)
     states = (X * decay_states[..., None]).transpose(-1, -2) @ Bc  # (b, g, k, c, p, n)
     # 3. state passing, sequential over chunks.
     S = (x.new_zeros(b, g, k, p, n) if initial_states is None
@@ -293,7 +298,7 @@ def _kernel_bwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, causal, 
     # Heads sharing B/C run in one task (their dB/dC accumulate in place, race-free) when that
     # still leaves enough tasks to balance; otherwise one task per head, summed over the group here.
     grouped = k == 1 or threads == 1 or b * g >= 4 * threads
-    heads_per_task = k if grouped else 1
+    heads_per_task = max(k, 1) if grouped else 1  # k = 0 with 0 heads
     slots = h // heads_per_task
     dev = dict(dtype=x.dtype)
     dy = dy.contiguous()
@@ -372,6 +377,7 @@ def _ssd_cpu(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, causal, ini
 # ----------------------------------------------------------------------------------------------
 # Public op
 # ----------------------------------------------------------------------------------------------
+@observable("ssd")
 def ssd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False, causal=True,
         initial_states=None, return_final_states=False, backend="auto"):
     """Mamba-2 SSD (causal=True) or the VSSD non-causal SSD (causal=False).

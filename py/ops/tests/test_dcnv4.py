@@ -233,6 +233,40 @@ def test_noncontiguous_inputs():
         torch.testing.assert_close(orr.grad, or2.grad, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("backend", ["reference", "cpu", "auto"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("N, G, D", [(0, 2, 3), (2, 2, 0), (2, 0, 3)])
+def test_empty_sizes_give_empty_results_and_gradients(N, G, D, dtype, backend):
+    """N, group or group_channels = 0: empty output, empty value gradient, zero offset gradient.
+    Regressions: the CPU backward rejected the stride-0 gradient of an empty output's sum, and
+    group/group_channels = 0 were ValueErrors."""
+    value, om, args = _make(N, 5, 6, G, D, dtype=dtype, extra_pad=8)
+    v, o = value.clone().requires_grad_(), om.clone().requires_grad_()
+    out = dcnv4(v, o, *args, backend=backend)
+    assert out.shape == (N, 5, 6, G * D) and out.dtype == dtype
+    out.sum().backward()
+    assert v.grad.shape == v.shape and o.grad.shape == o.shape
+    assert not o.grad.any()
+
+
+def test_one_channel_with_any_channel_stride():
+    """Regression: with one channel (group = group_channels = 1) .contiguous() keeps a channel stride
+    != 1, which the kernel rejected for value and for the incoming gradient."""
+    value, om, args = _make(2, 5, 6, 1, 1, seed=4)
+    v_cf = torch.empty(2, 1, 5, 6, dtype=torch.float64).copy_(value.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    gout = torch.randn(2, 1, 5, 6, dtype=torch.float64).permute(0, 2, 3, 1)
+    assert v_cf.stride(-1) != 1 and gout.stride(-1) != 1
+    v1, o1 = v_cf.requires_grad_(), om.clone().requires_grad_()
+    out = dcnv4(v1, o1, *args, backend="cpu")
+    out.backward(gout)
+    v2, o2 = value.clone().requires_grad_(), om.clone().requires_grad_()
+    want = dcnv4_reference(v2, o2, *args)
+    want.backward(gout)
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(v1.grad, v2.grad, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(o1.grad, o2.grad, rtol=1e-10, atol=1e-10)
+
+
 def test_single_image_uses_row_slices():
     # N=1: the backward splits the rows into slices with private buffers; N=8: one task per image.
     for N in (1, 8):

@@ -312,6 +312,53 @@ def test_empty_sizes():
         assert not leaves["A"].grad.any() and leaves["B"].grad.shape == x["B"].shape
 
 
+EMPTY_CASES = [  # batch, dim, L, N, groups: each size 0 in turn, L within one time block and beyond it
+    (0, 4, 5, 2, 2), (0, 4, 1100, 2, 2), (0, 8, 1100, 1, 1),
+    (2, 0, 5, 2, 1), (2, 0, 1100, 3, 2), (2, 0, 1100, 1, 1),
+    (2, 4, 0, 2, 2), (2, 8, 0, 1, 1),
+]
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "auto"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", EMPTY_CASES, ids=lambda c: "b{}d{}L{}N{}g{}".format(*c))
+def test_empty_sizes_give_empty_results_and_zero_gradients(case, dtype, backend):
+    """Regression: the CPU backward asked for time-block checkpoints when batch or dim was 0 and L
+    exceeded the block (an empty checkpoint tensor has a null address); the reference returned no
+    gradient (None) for delta, A, B, C, delta_bias when L = 0."""
+    batch, dim, L, N, groups = case
+    leaves = {k: v.requires_grad_() for k, v in make(batch, dim, L, N, groups, dtype=dtype, z=True).items()}
+    y, last = selective_scan(**leaves, delta_softplus=True, return_last_state=True, backend=backend)
+    assert y.shape == (batch, dim, L) and y.dtype == dtype, (case, backend)
+    assert last.shape == (batch, dim, N) and not last.any(), (case, backend)
+    y.sum().backward()  # the empty sum's gradient reaches the op as a stride-0 tensor
+    for k, v in leaves.items():
+        assert v.grad is not None and v.grad.shape == v.shape, (case, backend, k)
+        assert not v.grad.any(), (case, backend, k)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("big", [1e10, 1e30])
+def test_huge_finite_delta_matches_reference(big, dtype):
+    """A few huge steps (δ·A far below the exp underflow, δ·B·u huge) at a time-block start, inside a
+    block and at the end: every backend follows the float64 recurrence, forward and gradients."""
+    batch, dim, L, N = 1, 4, 600, 3
+    inp = make(batch, dim, L, N, 1, z=True, seed=5)
+    chunk = _native.require("selective_scan_cpu").chunk_len(N)
+    for pos in (0, chunk, 7, L - 1):
+        inp["delta"][0, pos % dim, pos] = big
+    gy = torch.randn(batch, dim, L, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    run = lambda x: selective_scan_reference(**x, delta_softplus=True)
+    want_y, want_g = grads_of(run, inp, gy)
+    for backend in ("reference", "cpu"):
+        cast = {k: v.to(dtype) for k, v in inp.items() if v is not None}
+        got_y, got_g = grads_of(lambda x: selective_scan(**x, delta_softplus=True, backend=backend), cast, gy)
+        tol = 1e-12 if dtype == torch.float64 else 2e-5
+        assert rel_err(got_y, want_y) < tol, backend
+        for k in want_g:
+            assert rel_err(got_g[k], want_g[k]) < tol * 5, (backend, k)
+
+
 def test_no_graph_under_no_grad_and_last_state_has_no_grad():
     inp = make(1, 2, 10, 2, 1)
     u = inp["u"].requires_grad_()

@@ -331,6 +331,78 @@ def test_only_final_states_used_in_loss():
         assert_rel(a.grad, torch.zeros_like(a) if b.grad is None else b.grad, 1e-11)
 
 
+def _seq_fn(causal):
+    def fn(x, dt, A, B, C, D, z, dt_bias, init):
+        return S.ssd_reference_sequential(x, dt, A, B, C, 1, D=D, z=z, dt_bias=dt_bias, dt_softplus=True,
+                                          causal=causal, initial_states=init if causal else None,
+                                          return_final_states=True)
+    return fn
+
+
+def _named_grads(fn, t, gy, gf):
+    """y, final_states and {name: gradient of <y, gy> + <final, gf>} (None where an input is unused)."""
+    names = [k for k in GRAD_NAMES if t[k] is not None]
+    ins = {k: t[k].clone().requires_grad_() for k in names}
+    y, fin = fn(*[ins.get(k) for k in GRAD_NAMES])
+    loss = (y.to(F64) * gy).sum() + (fin.to(F64) * gf).sum()
+    return y, fin, dict(zip(names, torch.autograd.grad(loss, list(ins.values()), allow_unused=True)))
+
+
+def _check_against_recurrence(t, causal, chunk, backend, tol, what):
+    """Output, final states and every gradient of ssd(backend) vs the float64 recurrence's."""
+    t = t if causal else dict(t, initial_states=None)
+    b, L, h, p = t["x"].shape
+    n = t["B"].shape[-1]
+    gen = torch.Generator().manual_seed(0)
+    gy = torch.randn(b, L, h, p, generator=gen, dtype=F64)
+    gf = torch.randn(b, h, p, n, generator=gen, dtype=F64)
+    want_y, want_f, want = _named_grads(_seq_fn(causal), f64(t), gy, gf)
+    y, fin, got = _named_grads(_fn_of(causal, chunk, backend=backend), t, gy, gf)
+    assert y.shape == want_y.shape and fin.shape == want_f.shape, what
+    pairs = [("y", want_y, y), ("final_states", want_f, fin)]
+    zero = lambda k: torch.zeros_like(t[k], dtype=F64)  # an input the recurrence does not use
+    pairs += [("d" + k, zero(k) if want[k] is None else want[k], got[k]) for k in got]
+    for name, w, g in pairs:
+        assert g is not None and g.shape == w.shape, f"{what}: {name} is {g if g is None else g.shape}"
+        try:
+            assert_rel(g, w, tol)
+        except AssertionError as e:
+            raise AssertionError(f"{what}: {name}: {e}") from None
+
+
+EMPTY_SHAPES = [(0, 37, 4, 3, 2, 5), (2, 0, 4, 3, 2, 5), (2, 37, 0, 3, 1, 5), (2, 37, 4, 0, 2, 5)]
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "auto"])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("shape", EMPTY_SHAPES, ids=lambda s: "b{}L{}h{}p{}g{}n{}".format(*s))
+def test_empty_sizes_every_backend(shape, dtype, causal, backend):
+    """Each of batch, L, heads, headdim = 0: empty y, and final states / gradients like the recurrence's
+    (regression: the CPU kernel rejected 0 heads and headdim 0 as "bad sizes")."""
+    t = make(*shape, dtype=dtype, seed=1)
+    what = f"{shape} {dtype} causal={causal} {backend}"
+    _check_against_recurrence(t, causal, 16, backend, TOL[dtype], what)
+
+
+@pytest.mark.parametrize("dtype, big", [(torch.float32, 1e10), (torch.float32, 1e30), (F64, 1e10),
+                                        (F64, 1e30), (F64, 1e300)])
+def test_huge_finite_dt_matches_the_recurrence(big, dtype):
+    """Regression: a huge step at the start of a kernel block (dt'·A = -1e30) made the block-local
+    log-decay sums absorb the steps after it (-1e30 + 0.5 == -1e30), so their decay was lost (CPU:
+    relative error 1e-7 at dt 1e10, O(1) at 1e30); the chunked reference lost it the same way in
+    exp(cumsum[-1] - cumsum). And the kernel's block scalings (up to e^32 in float32, e^300 in
+    float64) overflowed on the huge X' = dt' x and state (NaN at 1e30 in float32, 1e300 in float64)."""
+    t = make(2, 150, 2, 3, 1, 4, dtype=dtype, seed=8)
+    for pos in (0, 5, 64, 70, 149):  # kernel block starts (0, 64), inside blocks, the last token
+        t["dt"][pos % 2, pos, pos % 2] = big
+    for causal in (True, False):
+        for backend in ("cpu", "reference"):
+            for chunk in (16, 64):
+                _check_against_recurrence(t, causal, chunk, backend, TOL[dtype] * 5,
+                                          f"dt={big:g} {dtype} causal={causal} {backend} chunk={chunk}")
+
+
 # ---------------------------------------------------------------------------------------------
 # Plumbing and bad input
 # ---------------------------------------------------------------------------------------------
