@@ -6,9 +6,13 @@
   Rows are shuffled with a fixed seed and split per class (stratified), so the split is the same on
   every machine.
 - ImageFolder datasets (`<root>/train/<class>/*.jpg`, `<root>/val/<class>/*.jpg`), decoded with
-  torchvision; an unreadable or corrupt image is skipped with a logged warning and counted, never
-  crashing a long run.
+  torchvision; an unreadable or corrupt image is skipped with a logged warning, never replaced by
+  another one: the dataset returns None for it and `skip_collate` drops it from its batch and counts
+  it, so every image is seen (and evaluated) at most once and the skip counts reach the trainer
+  through the loader, whatever the number of workers. A split with no readable image, or train/ and
+  val/ with different classes, is a DataError before training starts.
 """
+import functools
 import gzip
 import importlib.util
 import logging
@@ -25,6 +29,11 @@ log = logging.getLogger(__name__)
 MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)
 MNIST_CLASSES = 10
+_SEED_MOD = 1 << 63  # torch.Generator.manual_seed takes at most 64 bits
+
+
+class DataError(ValueError):
+    """A dataset that cannot be trained on (no readable image, mismatched classes): one line, exit 2."""
 
 
 def mnist5k_path():
@@ -39,8 +48,10 @@ def mnist5k_path():
     return path
 
 
+@functools.lru_cache(maxsize=1)
 def load_mnist5k():
-    """All 5000 images as uint8 (5000, 28, 28) and int64 labels (5000,), in file order."""
+    """All 5000 images as uint8 (5000, 28, 28) and int64 labels (5000,), in file order (parsed once
+    per process; callers index into them, which copies)."""
     with gzip.open(mnist5k_path(), "rt") as f:
         data = np.loadtxt(f, delimiter=",", dtype=np.int64)
     if data.shape != (5000, 785):
@@ -93,7 +104,7 @@ class TensorImageDataset(Dataset):
         x = self.images[i].float().div_(255.0)[None]  # (1, H, W)
         if self.train and self.pad:
             x = torch.nn.functional.pad(x, (self.pad,) * 4)
-            g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(i))
+            g = torch.Generator().manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(i)) % _SEED_MOD)
             dy, dx = torch.randint(0, 2 * self.pad + 1, (2,), generator=g).tolist()
             x = x[:, dy:dy + self.images.shape[1], dx:dx + self.images.shape[2]]
         if x.shape[-1] != self.img_size:
@@ -104,11 +115,13 @@ class TensorImageDataset(Dataset):
 
 
 def mnist5k_datasets(val_fraction=0.2, seed=0, in_chans=1, img_size=28, limit=None):
-    """(train, val) datasets over the embedded MNIST-5k; `limit` keeps the first N of each split."""
+    """(train, val) datasets over the embedded MNIST-5k; `limit` keeps the first N training samples.
+
+    Validation is always the whole split, so the trainer's numbers and py/eval's are the same."""
     images, labels = load_mnist5k()
     train_idx, val_idx = stratified_split(labels, val_fraction, seed)
     if limit:
-        train_idx, val_idx = train_idx[:limit], val_idx[:max(1, limit // 4)]
+        train_idx = train_idx[:limit]
     make = lambda idx, train: TensorImageDataset(images[idx], labels[idx], in_chans, img_size, train,
                                                  seed=seed)
     return make(train_idx, True), make(val_idx, False)
@@ -136,7 +149,7 @@ class EpochSampler(torch.utils.data.Sampler):
 
     def _order(self):
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 7_919 + self.epoch)
+            g = torch.Generator().manual_seed((self.seed * 7_919 + self.epoch) % _SEED_MOD)
             order = torch.randperm(self.n, generator=g)
         else:
             return torch.arange(self.rank, self.n, self.world_size)
@@ -153,7 +166,8 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 class SafeImageFolder(Dataset):
-    """torchvision ImageFolder that skips unreadable images (logged and counted) instead of crashing."""
+    """torchvision ImageFolder whose unreadable images are skipped, not substituted: item i is
+    (image, target) or None when file i cannot be decoded (logged; `skip_collate` drops and counts it)."""
 
     def __init__(self, root, transform=None):
         from torchvision.datasets import ImageFolder
@@ -173,19 +187,45 @@ class SafeImageFolder(Dataset):
     def __len__(self):
         return len(self.folder)
 
+    def load(self, i):
+        """The decoded image i (no transform) and its target, or (None, reason) if unreadable."""
+        path, target = self.folder.samples[i]
+        try:
+            return self.folder.loader(path), target
+        except Exception as exc:  # PIL raises many types for corrupt files
+            return None, f"{path}: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+
     def __getitem__(self, i):
-        for attempt in range(len(self.folder)):
-            j = (i + attempt) % len(self.folder)
-            path, target = self.folder.samples[j]
-            try:
-                image = self.folder.loader(path)
-            except Exception as exc:  # PIL raises many types for corrupt files
-                self.skipped += 1
-                log.warning("skipping unreadable image %s (%s); %d skipped so far in this worker",
-                            path, exc, self.skipped)
-                continue
-            return (self.transform(image) if self.transform else image), target
-        raise RuntimeError(f"no readable image in {self.folder.root}")
+        image, target_or_reason = self.load(i)
+        if image is None:
+            self.skipped += 1
+            log.warning("skipping unreadable image %s; %d skipped so far in this worker", target_or_reason,
+                        self.skipped)
+            return None
+        return (self.transform(image) if self.transform else image), target_or_reason
+
+    def check_readable(self, split):
+        """DataError unless at least one image of the split decodes (tries them in order)."""
+        first = None
+        for i in range(len(self.folder)):
+            image, reason = self.load(i)
+            if image is not None:
+                return
+            first = first or reason
+        raise DataError(f"the {split} split {self.folder.root} has no readable image: all {len(self.folder)} "
+                        f"files fail to decode (first: {first})")
+
+
+def skip_collate(batch):
+    """default_collate for the readable items of a batch: (images, targets, number skipped). A batch of
+    only unreadable items gives empty tensors."""
+    from torch.utils.data import default_collate
+    kept = [item for item in batch if item is not None]
+    skipped = len(batch) - len(kept)
+    if not kept:
+        return torch.empty(0), torch.empty(0, dtype=torch.int64), skipped
+    images, targets = default_collate(kept)
+    return images, targets, skipped
 
 
 def imagefolder_eval_transform(img_size):
@@ -205,8 +245,12 @@ def imagefolder_datasets(data_path, train_transform, val_transform):
     train = SafeImageFolder(root / "train", train_transform)
     val = SafeImageFolder(root / "val", val_transform)
     if train.classes != val.classes:
-        raise ValueError(f"train/ and val/ under {root} have different class folders "
-                         f"({len(train.classes)} vs {len(val.classes)})")
+        only_train = sorted(set(train.classes) - set(val.classes))
+        only_val = sorted(set(val.classes) - set(train.classes))
+        detail = (f"only in train/: {only_train[:5]}{' ...' if len(only_train) > 5 else ''}, "
+                  f"only in val/: {only_val[:5]}{' ...' if len(only_val) > 5 else ''}")
+        raise DataError(f"train/ and val/ under {root} must have the same class folders "
+                        f"({len(train.classes)} vs {len(val.classes)}; {detail})")
     return train, val
 
 

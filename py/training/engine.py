@@ -91,29 +91,42 @@ def train_one_epoch(ctx, epoch, loader, start_step_in_epoch, running, on_step_en
     t0 = time.perf_counter()
     images_seen = 0
     ctx.optimizer.zero_grad(set_to_none=True)
-    for images, targets in loader:
+    stepped = False  # did any micro-batch of this optimizer step produce gradients
+    for batch in loader:
+        images, targets, skipped = split_batch(batch)
+        running["skipped_images"] = running.get("skipped_images", 0) + skipped
+        if ctx.mixup is not None and images.shape[0] % 2:
+            # Unreadable images made the batch odd; timm's Mixup pairs each image with the reversed batch.
+            images, targets = images[:-1], targets[:-1]
         images = images.to(ctx.device, non_blocking=True)
         targets = targets.to(ctx.device, non_blocking=True)
-        if ctx.mixup is not None:
-            images, soft_targets = ctx.mixup(images, targets)
-        else:
-            soft_targets = None
         sync = (micro + 1) % accum == 0
+        if images.shape[0] == 0:  # every image of this micro-batch was unreadable: nothing to learn from
+            finite = True
+            empty = True
+        else:
+            empty = False
+            if ctx.mixup is not None:
+                images, soft_targets = ctx.mixup(images, targets)
+            else:
+                soft_targets = None
         no_sync = model.no_sync if (hasattr(model, "no_sync") and not sync) else contextlib.nullcontext
         with no_sync():
             diverged = False
-            try:
-                with autocast(ctx.device.type, cfg["amp"]):
-                    loss, logits = ctx.compute_loss(images, targets, soft_targets)
-                finite = bool(torch.isfinite(loss.detach()).all())
-            except ValueError as exc:
-                # Ops reject non-finite derived parameters ("A must be finite", where A = -exp(A_log)
-                # overflowed): the run diverged, like a NaN loss.
-                if "must be finite" not in str(exc):
-                    raise
-                loss, finite, diverged = torch.tensor(float("nan")), False, True
-            if finite:
-                ctx.scaler.scale(loss / accum).backward()
+            if not empty:
+                try:
+                    with autocast(ctx.device.type, cfg["amp"]):
+                        loss, logits = ctx.compute_loss(images, targets, soft_targets)
+                    finite = bool(torch.isfinite(loss.detach()).all())
+                except ValueError as exc:
+                    # Ops reject non-finite derived parameters ("A must be finite", where A = -exp(A_log)
+                    # overflowed): the run diverged, like a NaN loss.
+                    if "must be finite" not in str(exc):
+                        raise
+                    loss, finite, diverged = torch.tensor(float("nan")), False, True
+                if finite:
+                    ctx.scaler.scale(loss / accum).backward()
+                    stepped = True
         if not finite:
             if cfg["on_nan"] == "stop" or diverged or not params_finite(ctx.unwrapped):
                 raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step_in_epoch + 1}; "
@@ -122,23 +135,29 @@ def train_one_epoch(ctx, epoch, loader, start_step_in_epoch, running, on_step_en
             running["skipped_steps"] += 1
             ctx.optimizer.zero_grad(set_to_none=True)
             micro = 0
+            stepped = False
             step_in_epoch += 1
             progress.update(1)
             continue
         micro += 1
-        running["loss_sum"] += loss.item() * images.shape[0]
-        running["count"] += images.shape[0]
-        running["correct"] += (logits.argmax(-1) == targets).sum().item() if soft_targets is None else 0
-        images_seen += images.shape[0]
+        if not empty:
+            running["loss_sum"] += loss.item() * images.shape[0]
+            running["count"] += images.shape[0]
+            running["correct"] += (logits.argmax(-1) == targets).sum().item() if soft_targets is None else 0
+            images_seen += images.shape[0]
         if not sync:
             continue
         micro = 0
         ctx.schedule.set_step(ctx.global_step)
-        if cfg["clip_grad"] > 0:
-            ctx.scaler.unscale_(ctx.optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["clip_grad"])
-        ctx.scaler.step(ctx.optimizer)
-        ctx.scaler.update()
+        if stepped:
+            if cfg["clip_grad"] > 0:
+                ctx.scaler.unscale_(ctx.optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["clip_grad"])
+            ctx.scaler.step(ctx.optimizer)
+            ctx.scaler.update()
+        else:  # no readable image in the whole step: the step counts (schedule, resume offsets) but changes nothing
+            running["skipped_steps"] += 1
+        stepped = False
         ctx.optimizer.zero_grad(set_to_none=True)
         if ctx.ema is not None:
             ctx.ema.update(ctx.unwrapped)
@@ -156,14 +175,29 @@ def train_one_epoch(ctx, epoch, loader, start_step_in_epoch, running, on_step_en
     return step_in_epoch, images_seen, time.perf_counter() - t0
 
 
+def split_batch(batch):
+    """(images, targets, number of unreadable images dropped) of a loader batch: data.skip_collate
+    gives all three, a default-collated batch the first two."""
+    if len(batch) == 3:
+        return batch[0], batch[1], int(batch[2])
+    images, targets = batch
+    return images, targets, 0
+
+
 @torch.no_grad()
-def evaluate(model, loader, device, amp, num_classes):
-    """(top1 %, top5 %, mean loss, per-class accuracy %) over the loader, summed across ranks."""
+def evaluate(model, loader, device, amp, num_classes, stats=None):
+    """(top1 %, top5 %, mean loss, per-class accuracy %) over the loader, summed across ranks.
+
+    `stats`, a dict, receives "images" (evaluated) and "skipped_images" (unreadable, dropped)."""
     model.eval()
-    loss_sum = correct1 = correct5 = count = 0.0
+    loss_sum = correct1 = correct5 = count = skipped = 0.0
     per_class_correct = torch.zeros(num_classes, dtype=torch.float64)
     per_class_count = torch.zeros(num_classes, dtype=torch.float64)
-    for images, targets in loader:
+    for batch in loader:
+        images, targets, dropped = split_batch(batch)
+        skipped += dropped
+        if images.shape[0] == 0:
+            continue
         images, targets = images.to(device), targets.to(device)
         with autocast(device.type, amp):
             logits = model(images)
@@ -176,11 +210,13 @@ def evaluate(model, loader, device, amp, num_classes):
         count += targets.numel()
         per_class_count += torch.bincount(targets.cpu(), minlength=num_classes).double()
         per_class_correct += torch.bincount(targets[hit1].cpu(), minlength=num_classes).double()
-    sums = all_reduce_sum([loss_sum, correct1, correct5, count] + per_class_correct.tolist()
+    sums = all_reduce_sum([loss_sum, correct1, correct5, count, skipped] + per_class_correct.tolist()
                           + per_class_count.tolist(), device)
-    loss_sum, correct1, correct5, count = sums[:4]
-    pc_correct = torch.tensor(sums[4:4 + num_classes])
-    pc_count = torch.tensor(sums[4 + num_classes:])
+    loss_sum, correct1, correct5, count, skipped = sums[:5]
+    if stats is not None:
+        stats["images"], stats["skipped_images"] = int(count), int(skipped)
+    pc_correct = torch.tensor(sums[5:5 + num_classes])
+    pc_count = torch.tensor(sums[5 + num_classes:])
     per_class = (100.0 * pc_correct / pc_count.clamp(min=1)).tolist()
     count = max(count, 1.0)
     return 100.0 * correct1 / count, 100.0 * correct5 / count, loss_sum / count, per_class

@@ -4,11 +4,13 @@ With no arguments it trains a small Vim (vim_mnist) on the embedded MNIST-5k on 
 minutes and prints its validation accuracy. With --config and --data_path it runs the papers'
 ImageNet recipes (py/training/configs/), on one or many GPUs via torchrun.
 
-Outputs under --output: checkpoints/ (safetensors weights + optimizer/scheduler/scaler/EMA/RNG
-state, written atomically), metrics.jsonl (one line per epoch), TensorBoard events, config.json.
+Outputs under --output: checkpoints/ (safetensors weights + optimizer/scaler/RNG state that loads
+without unpickling, checksummed, written atomically), metrics.jsonl (one line per epoch), TensorBoard
+events, config.json; train.lock keeps a second trainer out of the same --output.
 """
 import json
 import logging
+import os
 import pathlib
 import random
 import signal
@@ -20,23 +22,63 @@ import torch
 import torch.nn.functional as F
 from absl import app
 
+from py.models import weights
 from py.ops import cpu_allocator
 from py.training import checkpoint, config, data, engine, optim
 
 log = logging.getLogger("visionssm.train")
 
+# Exceptions that are the user's input (flags, paths, configs, data, checkpoints): one `error:` line, exit 2.
+USAGE_ERRORS = (config.ConfigError, data.DataError, weights.WeightsError, FileNotFoundError)
+
+
+def note(message):
+    print(f"[train] {message}", file=sys.stderr, flush=True)
+
 
 class Trainer:
-    def __init__(self, cfg):
+    """Setup (device, run directory, data, model, optimisation) in the constructor, training in run().
+
+    explicit: the flags given on the command line or by --config (config.explicit_keys()); on a resume
+    the others take the run's values. None: all of them count as given. run_dir=False skips the run
+    directory (lock, resume) for tools that only want the setup."""
+
+    def __init__(self, cfg, explicit=None, run_dir=True):
         self.cfg = cfg
         self.stop_signal = None
-        self._setup_device_and_seed()
-        self._setup_data()
-        self._setup_model()
-        self._setup_optimisation()
+        self.lock = None
+        self.resumed = None
+        self._created_output = False
+        self.ckpt_root = pathlib.Path(cfg["output"]) / "checkpoints"
+        try:
+            self._setup_device()
+            if run_dir:
+                self._setup_run_dir(explicit)
+            self._setup_seed()
+            self._setup_data()
+            self._setup_model()
+            self._setup_optimisation()
+        except BaseException:
+            self.close(failed=True)
+            raise
+
+    def close(self, failed=False):
+        """Releases the run directory; after a failed setup, removes an --output it created itself."""
+        if self.lock is not None:
+            out = pathlib.Path(self.cfg["output"])
+            empty = failed and self._created_output and [p.name for p in out.iterdir()] == [checkpoint.LOCK_NAME]
+            if empty:
+                (out / checkpoint.LOCK_NAME).unlink()  # while still holding it
+            self.lock.release()
+            self.lock = None
+            if empty:
+                try:
+                    out.rmdir()
+                except OSError:  # someone else put something there meanwhile
+                    pass
 
     # -- setup ------------------------------------------------------------------------------
-    def _setup_device_and_seed(self):
+    def _setup_device(self):
         cfg = self.cfg
         kind = cfg["device"]
         if kind == "auto":
@@ -51,6 +93,114 @@ class Trainer:
             torch.set_num_threads(cfg["threads"])
         if cfg["amp"] == "fp16" and kind != "cuda":
             raise config.ConfigError("--amp=fp16 needs CUDA (use --amp=bf16 on the CPU)")
+        self.is_main = self.rank == 0
+
+    def _agree(self, failure):
+        """Raises ConfigError on every rank if rank 0 reported a failure (so no rank waits forever)."""
+        failed = engine.all_reduce_sum([1.0 if failure else 0.0], self.device)[0]
+        if failure:
+            raise config.ConfigError(failure)
+        if failed:
+            raise config.ConfigError("rank 0 could not set up the run directory (see its error)")
+
+    def _setup_run_dir(self, explicit):
+        """Locks --output, removes leftovers of killed saves, finds the checkpoint to resume from and
+        reconciles the settings with the run's."""
+        cfg = self.cfg
+        out = pathlib.Path(cfg["output"])
+        failure = None
+        if self.is_main:
+            try:
+                self._created_output = not out.exists()
+                out.mkdir(parents=True, exist_ok=True)
+                self.lock = checkpoint.RunLock(out / checkpoint.LOCK_NAME)
+                previous = self.lock.acquire()
+                if previous:
+                    note(f"took over {out / checkpoint.LOCK_NAME} from {checkpoint.describe_holder(previous)}, which no "
+                         "longer holds it")
+                removed = checkpoint.remove_temp(self.ckpt_root)
+                if removed:
+                    note(f"removed {len(removed)} leftover(s) of an interrupted save in {self.ckpt_root}: "
+                         f"{', '.join(removed)}")
+            except checkpoint.LockHeld as exc:
+                failure = str(exc)
+            except OSError as exc:
+                failure = f"--output {out}: cannot use it ({exc.strerror or exc}: {exc.filename or out})"
+        self._agree(failure)
+        if cfg["resume"] == "never":
+            if self.is_main:
+                self._move_previous_run(out)
+            return
+        mode = cfg["resume"]
+        source = self.ckpt_root if mode == "auto" else pathlib.Path(mode)
+        if weights.is_step_dir(source):  # one step dir, named by the user
+            try:
+                found, problems = checkpoint.read_step_dir(source, cfg["trust_pickle"]), []
+            except weights.WeightsError as exc:
+                raise config.ConfigError(f"--resume {source}: {exc}")
+            root = source.parent
+        else:
+            root = source if mode == "auto" else (source / "checkpoints" if (source / "checkpoints").is_dir() else source)
+            found, problems = checkpoint.find_good(root, cfg["trust_pickle"])
+        own = root.is_dir() and self.ckpt_root.is_dir() and root.resolve() == self.ckpt_root.resolve()
+        if found is None:
+            if problems:
+                listed = "; ".join(f"{d.name}: {reason}" for d, reason in problems)
+                raise config.ConfigError(
+                    f"{len(problems)} checkpoint(s) in {root} exist but none can be resumed ({listed}); nothing was "
+                    "started, pruned or overwritten. Fix or move them, pass --trust_pickle for old-format checkpoints "
+                    "you trust, or start fresh with --resume=never (which moves them aside)")
+            if mode != "auto":
+                raise config.ConfigError(f"--resume {source}: no checkpoint there (expected checkpoints/step_*/)")
+        elif problems and self.is_main:
+            note(f"resuming from {found.path.name}, the newest checkpoint that verifies; skipped "
+                 + "; ".join(f"{d.name} ({reason})" for d, reason in problems))
+        run_cfg, where = None, None
+        if found is not None:
+            run_cfg, where = found.config, f"the run config of {found.path}"
+            if run_cfg is None:
+                raise config.ConfigError(f"--resume: {found.path} holds no config.json, so its settings are unknown")
+        elif (out / "config.json").is_file():  # a run that stopped before its first checkpoint
+            where = f"the run config {out / 'config.json'}"
+            try:
+                run_cfg = json.loads((out / "config.json").read_text())
+            except (ValueError, UnicodeDecodeError, OSError) as exc:
+                raise config.ConfigError(f"{where} is unreadable ({exc}); move it away or use --resume=never")
+        if run_cfg is not None:
+            self.cfg, diffs = config.merge_run_config(cfg, run_cfg, explicit, cfg["allow_config_change"], where)
+            if diffs and self.is_main:
+                note("--allow_config_change: continuing with settings that differ from the run's: " + "; ".join(
+                    f"{k}: {json.dumps(o, default=str)} -> {json.dumps(n, default=str)}" for k, o, n in diffs))
+        self.resumed = found
+        if found is not None and own:
+            # Checkpoints newer than the one resumed from (failed checks, or passed over by an explicit
+            # --resume) would be overwritten or outlive it: move them aside, never delete them.
+            engine.all_reduce_sum([0.0], self.device)  # every rank has read its checkpoint
+            if self.is_main:
+                step = weights.step_of(found.path)
+                for d in checkpoint.checkpoint_dirs(self.ckpt_root):
+                    if d.name != found.path.name and (weights.step_of(d) or 0) >= step:
+                        note(f"moved checkpoint {d.name} to {checkpoint.set_aside(self.ckpt_root, d)} (not the one "
+                             "resumed from; kept for inspection)")
+
+    def _move_previous_run(self, out):
+        """--resume=never: an earlier run's outputs go to <output>/previous-<time>/, nothing is deleted."""
+        names = [n for n in ("checkpoints", "metrics.jsonl", "config.json", "tensorboard") if (out / n).exists()]
+        if not names:
+            return
+        dest = out / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"
+        n = 1
+        while dest.exists():
+            dest = out / f"previous-{time.strftime('%Y%m%d-%H%M%S')}.{n}"
+            n += 1
+        dest.mkdir()
+        for name in names:
+            os.replace(out / name, dest / name)
+        note(f"--resume=never: moved the earlier run's {', '.join(names)} to {dest} (nothing deleted); "
+             "starting fresh")
+
+    def _setup_seed(self):
+        cfg = self.cfg
         seed = cfg["seed"] + self.rank
         random.seed(seed)
         np.random.seed(seed)
@@ -58,7 +208,6 @@ class Trainer:
         if cfg["deterministic"]:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
-        self.is_main = self.rank == 0
 
     def _setup_data(self):
         cfg = self.cfg
@@ -72,6 +221,8 @@ class Trainer:
                                         re_prob=cfg["reprob"], interpolation="bicubic")
             val_tf = data.imagefolder_eval_transform(cfg["img_size"])
             self.train_set, self.val_set = data.imagefolder_datasets(cfg["data_path"], train_tf, val_tf)
+            self.train_set.check_readable("train")
+            self.val_set.check_readable("val")
             if cfg["limit_train"]:
                 self.train_set = torch.utils.data.Subset(self.train_set, range(min(cfg["limit_train"], len(self.train_set))))
             self.num_classes = len(self.val_set.classes)
@@ -83,7 +234,7 @@ class Trainer:
         self.val_sampler = data.EpochSampler(len(self.val_set), False, 0, self.rank, self.world_size)
         loader = lambda ds, sampler, drop: torch.utils.data.DataLoader(
             ds, batch_size=cfg["batch_size"], sampler=sampler, num_workers=workers, drop_last=drop,
-            pin_memory=self.device.type == "cuda", persistent_workers=False,
+            pin_memory=self.device.type == "cuda", persistent_workers=False, collate_fn=data.skip_collate,
             # Its own generator: creating an iterator must not draw from the global RNG, or a resumed
             # run's dropout/drop-path masks would drift from the uninterrupted run's.
             generator=torch.Generator().manual_seed(cfg["seed"]))
@@ -92,8 +243,10 @@ class Trainer:
         per_step = cfg["batch_size"] * cfg["accum_steps"]
         self.steps_per_epoch = self.train_sampler.per_rank // per_step
         if self.steps_per_epoch == 0:
-            raise config.ConfigError(f"batch_size × accum_steps = {per_step} exceeds the {self.train_sampler.per_rank} "
-                                     "training samples per process")
+            limit = f" with --limit_train={cfg['limit_train']}" if cfg["limit_train"] else ""
+            raise config.ConfigError(
+                f"--batch_size × --accum_steps = {per_step} exceeds the {self.train_sampler.per_rank} training samples "
+                f"per process ({len(self.train_set)} in the training set{limit}, {self.world_size} process(es))")
         self.mixup = None
         if cfg["mixup"] > 0 or cfg["cutmix"] > 0:
             from timm.data import Mixup
@@ -111,11 +264,9 @@ class Trainer:
             model = models.create_model(cfg["model"], num_classes=self.num_classes, img_size=cfg["img_size"], **kwargs)
         except (ValueError, TypeError) as exc:
             raise config.ConfigError(f"cannot build --model={cfg['model']} with {kwargs}: {exc}")
-        if cfg["finetune"]:
-            if hasattr(model, "load_pretrained_vim"):  # DyVM: backbone from Vim, fresh predictors/heads
-                model.load_pretrained_vim(cfg["finetune"])
-            else:
-                models.load_checkpoint(model, cfg["finetune"])
+        trust = bool(cfg.get("trust_pickle"))
+        if cfg["finetune"]:  # adapted as for fine-tuning: new classifier size, pos_embed grid, DyVM heads
+            self._load_weights(model, "finetune", adapt=True, trust_pickle=trust)
         self.unwrapped = model.to(self.device)
         self.ema = engine.ModelEma(self.unwrapped, cfg["ema_decay"]) if cfg["ema_decay"] > 0 else None
         self.loss_module = None
@@ -129,7 +280,7 @@ class Trainer:
             except (ValueError, TypeError) as exc:
                 raise config.ConfigError(f"cannot build --teacher_model={cfg['teacher_model']} with {tkwargs}: {exc}")
             if cfg["teacher_checkpoint"]:
-                models.load_checkpoint(self.teacher, cfg["teacher_checkpoint"])
+                self._load_weights(self.teacher, "teacher_checkpoint", adapt=False, trust_pickle=trust)
             self.teacher = self.teacher.to(self.device).eval()
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
@@ -143,6 +294,14 @@ class Trainer:
             model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
         self.model = model
         self.num_params = sum(p.numel() for p in self.unwrapped.parameters())
+
+    def _load_weights(self, model, flag, adapt, trust_pickle):
+        """--finetune / --teacher_checkpoint through the one weights path; any problem is a usage error."""
+        from py.models import weights
+        try:
+            weights.load_into(model, self.cfg[flag], adapt=adapt, trust_pickle=trust_pickle)
+        except weights.WeightsError as exc:
+            raise config.ConfigError(f"--{flag}: {exc}")
 
     def _setup_optimisation(self):
         cfg = self.cfg
@@ -178,10 +337,8 @@ class Trainer:
         return {
             "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": self.global_step,
             "running": dict(running) if running else None, "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(), "config": self.cfg,
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-        }
+            "scaler": self.scaler.state_dict(), "rng": checkpoint.pack_rng(),
+        }  # tensors and plain values only: loads with weights_only=True (the config goes to config.json)
 
     def save(self, epoch, step_in_epoch, running):
         if not engine.params_finite(self.unwrapped):
@@ -191,51 +348,37 @@ class Trainer:
             return None
         return checkpoint.save(self.ckpt_root, self.global_step, self.unwrapped.state_dict(),
                                self.ema.module.state_dict() if self.ema else None,
-                               self.train_state(epoch, step_in_epoch, running), keep=self.cfg["keep_checkpoints"])
+                               self.train_state(epoch, step_in_epoch, running), self.cfg,
+                               keep=self.cfg["keep_checkpoints"])
 
-    def restore(self, path, states):
-        model_state, ema_state, state = states
-        self.unwrapped.load_state_dict(model_state)
-        if self.ema is not None and ema_state is not None:
-            self.ema.module.load_state_dict(ema_state)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.global_step = state["global_step"]
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        if rng.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        log.info("resumed from %s (epoch %d, step %d)", path, state["epoch"] + 1, state["global_step"])
-        return state["epoch"], state["step_in_epoch"], state["running"]
+    def restore(self, loaded):
+        """Loads a verified checkpoint (checkpoint.Loaded); a checkpoint of another model is a usage error."""
+        state = loaded.train_state
+        try:
+            self.unwrapped.load_state_dict(loaded.model_state)
+            if self.ema is not None:
+                self.ema.module.load_state_dict(loaded.ema_state if loaded.ema_state is not None else loaded.model_state)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.global_step = int(state["global_step"])
+            checkpoint.unpack_rng(state["rng"])
+            epoch, step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise config.ConfigError(f"checkpoint {loaded.path} does not fit this model/optimizer: "
+                                     f"{' '.join(str(exc).split())[:300]}")
+        log.info("resumed from %s (epoch %d, step %d)", loaded.path, epoch + 1, self.global_step)
+        return epoch, step_in_epoch, state["running"]
 
     # -- main loop ---------------------------------------------------------------------------
     def run(self):
         cfg = self.cfg
         out = pathlib.Path(cfg["output"])
-        self.ckpt_root = out / "checkpoints"
         start_epoch, start_step, running = 0, 0, None
-        resume_from = None
-        if cfg["resume"] == "auto":
-            resume_from = self.ckpt_root
-        elif cfg["resume"] != "none":
-            given = config.caller_path(cfg["resume"])
-            resume_from = given / "checkpoints" if (given / "checkpoints").is_dir() else given
-            if not resume_from.exists():
-                raise config.ConfigError(f"--resume {given} does not exist")
-        if resume_from is not None:
-            if (resume_from / "model.safetensors").is_file():
-                path, states = resume_from, checkpoint.load(resume_from)
-            else:
-                path, states = checkpoint.find_resumable(resume_from)
-            if states is not None:
-                start_epoch, start_step, running = self.restore(path, states)
-            elif cfg["resume"] not in ("auto", "none"):
-                raise config.ConfigError(f"--resume {resume_from}: no loadable checkpoint there")
+        if self.resumed is not None:
+            start_epoch, start_step, running = self.restore(self.resumed)
+            self.resumed = None  # free the loaded tensors
         writer = None
         if self.is_main:
-            out.mkdir(parents=True, exist_ok=True)
             checkpoint.write_json(out / "config.json", cfg)
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -249,13 +392,20 @@ class Trainer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
 
+        if cfg["max_steps"] and self.global_step >= cfg["max_steps"]:
+            if self.is_main:
+                note(f"--max_steps={cfg['max_steps']}: the run is already at step {self.global_step}, nothing to do "
+                     "(raise or drop --max_steps to continue it)")
+            if writer is not None:
+                writer.close()
+            return {}
         t_start = time.perf_counter()
         result = {}
         epoch = start_epoch
         for epoch in range(start_epoch, cfg["epochs"]):
             if running is None:
                 running = {"loss_sum": 0.0, "count": 0, "correct": 0, "skipped_steps": 0, "seconds": 0.0,
-                           "images": 0}
+                           "images": 0, "skipped_images": 0}
             self.train_sampler.set_epoch(epoch, start_step * cfg["batch_size"] * cfg["accum_steps"])
             if hasattr(self.train_set, "set_epoch"):
                 self.train_set.set_epoch(epoch)
@@ -282,6 +432,11 @@ class Trainer:
                     print(f"[train] {signal.Signals(self.stop_signal).name}: saved a checkpoint at step "
                           f"{self.global_step}; continue with --resume=auto --output={out}", file=sys.stderr)
                     sys.exit(128 + self.stop_signal)
+                # --max_steps: the checkpoint is written; record where the run stands.
+                result = self._end_of_epoch(epoch, running, writer, out, partial=True)
+                if self.is_main:
+                    print(f"[train] --max_steps={cfg['max_steps']} reached at step {self.global_step} (epoch "
+                          f"{epoch + 1}, partial); continue with --resume=auto --output={out}", file=sys.stderr)
                 break
             result = self._end_of_epoch(epoch, running, writer, out)
             self.save(epoch + 1, 0, None)
@@ -290,24 +445,29 @@ class Trainer:
         if self.is_main:
             if writer is not None:
                 writer.close()
-            if result:
+            if result and not result.get("partial"):
                 ema = f", EMA {result['val_top1_ema']:.2f}%" if "val_top1_ema" in result else ""
                 print(f"[train] done in {engine.seconds_to_text(total_time)}: val top-1 {result['val_top1']:.2f}%, "
                       f"top-5 {result['val_top5']:.2f}%{ema} after {result['epoch']} epochs; "
                       f"outputs in {out}", file=sys.stderr)
         return result
 
-    def _end_of_epoch(self, epoch, running, writer, out):
+    def _end_of_epoch(self, epoch, running, writer, out, partial=False):
         cfg = self.cfg
-        loss_sum, count, correct, images, skipped = engine.all_reduce_sum(
-            [running["loss_sum"], running["count"], running["correct"], running["images"], running["skipped_steps"]],
-            self.device)
+        loss_sum, count, correct, images, skipped, train_unreadable = engine.all_reduce_sum(
+            [running["loss_sum"], running["count"], running["correct"], running["images"], running["skipped_steps"],
+             running.get("skipped_images", 0)], self.device)
+        val_stats = {}
         top1, top5, val_loss, per_class = engine.evaluate(self.model, self.val_loader, self.device, cfg["amp"],
-                                                          self.num_classes)
+                                                          self.num_classes, stats=val_stats)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / max(count, 1), "val_top1": top1, "val_top5": top5,
                "val_loss": val_loss, "lr": self.optimizer.param_groups[0]["lr"],
                "img_per_s": images / max(running["seconds"], 1e-9), "seconds": running["seconds"],
-               "step": self.global_step, "skipped_steps": int(skipped)}
+               "step": self.global_step, "skipped_steps": int(skipped), "train_images": int(count),
+               "val_images": val_stats["images"], "train_skipped_images": int(train_unreadable),
+               "val_skipped_images": val_stats["skipped_images"]}
+        if partial:
+            row["partial"] = True  # stopped by --max_steps inside this epoch
         if self.mixup is None:
             row["train_top1"] = 100.0 * correct / max(count, 1)
         if self.ema is not None:
@@ -328,18 +488,28 @@ class Trainer:
             dyvm = "".join(f", {label} {row[key]:.3g}" for key, label in (
                 ("token_keep_ratio", "tokens kept"), ("block_keep_ratio", "blocks kept"),
                 ("gflops_per_image", "GFLOPs/image")) if key in row)
-            print(f"[train] epoch {epoch + 1}/{cfg['epochs']}: train loss {row['train_loss']:.4f}, val top-1 "
-                  f"{top1:.2f}%, top-5 {top5:.2f}%, {row['img_per_s']:.0f} img/s, "
-                  f"{engine.seconds_to_text(running['seconds'])}{dyvm}", file=sys.stderr)
+            skips = (f", unreadable images skipped: {row['train_skipped_images']} train, {row['val_skipped_images']} val"
+                     if cfg["dataset"] == "imagefolder" or row["train_skipped_images"] or row["val_skipped_images"]
+                     else "")
+            print(f"[train] epoch {epoch + 1}/{cfg['epochs']}{' (partial)' if partial else ''}: train loss "
+                  f"{row['train_loss']:.4f}, val top-1 {top1:.2f}%, top-5 {top5:.2f}% ({row['val_images']} images), "
+                  f"{row['img_per_s']:.0f} img/s, {engine.seconds_to_text(running['seconds'])}{dyvm}{skips}",
+                  file=sys.stderr)
         return row
 
     def _inference_gflops(self):
         """Inference GFLOPs per image on a fixed slice of the validation set (DyVM's token pruning and
         block skipping depend on the image, so its cost is measured on real images, not a random one)."""
         from py.models import count_flops
-        n = min(16, len(self.val_set))
-        images = torch.stack([self.val_set[i][0] for i in range(n)]).to(self.device)
-        return count_flops(self.unwrapped, inputs=images)["total"] / n / 1e9
+        items = []
+        for i in range(len(self.val_set)):
+            item = self.val_set[i]
+            if item is not None:  # unreadable images are skipped
+                items.append(item[0])
+            if len(items) == 16:
+                break
+        images = torch.stack(items).to(self.device)
+        return count_flops(self.unwrapped, inputs=images)["total"] / len(items) / 1e9
 
     def _on_signal(self, signum, frame):
         if self.stop_signal is not None:  # second signal: give up at once
@@ -355,17 +525,25 @@ def main(argv):
         sys.exit(2)
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(levelname)s %(message)s")
     cpu_allocator.keep_freed_memory()  # large CPU tensors reuse freed memory instead of faulting in new pages
+    trainer = None
     try:
         cfg = config.resolve()
-        Trainer(cfg).run()
-    except (config.ConfigError, FileNotFoundError) as exc:  # bad flags, paths or dataset layout
-        print(f"error: {exc}", file=sys.stderr)
+        trainer = Trainer(cfg, explicit=config.explicit_keys())
+        trainer.run()
+    except USAGE_ERRORS as exc:  # bad flags, paths, configs, data or checkpoints
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         sys.exit(2)
     except engine.NonFiniteLoss as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         sys.exit(3)
     finally:
+        if trainer is not None:
+            trainer.close()
         engine.shutdown_distributed()
+
+
+def one_line(exc):
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def run():

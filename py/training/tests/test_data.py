@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from py.training import checkpoint, data
+from py.training.tests.support import make_folder
 
 
 def test_mnist5k_is_real_and_balanced():
@@ -56,18 +57,34 @@ def test_epoch_sampler_shards_cover_the_global_batch():
     assert sorted(sum((list(v) for v in val), [])) == list(range(7))
 
 
+def _train_state(step):
+    return {"epoch": 0, "step_in_epoch": step, "global_step": step, "running": None, "optimizer": {},
+            "scaler": {}, "rng": checkpoint.pack_rng()}
+
+
 def test_atomic_checkpoint_and_fallback(tmp_path):
     state = {"w": torch.arange(6.0).reshape(2, 3)}
-    checkpoint.save(tmp_path, 1, state, None, {"step": 1}, keep=2)
-    checkpoint.save(tmp_path, 2, {"w": state["w"] + 1}, state, {"step": 2}, keep=2)
-    checkpoint.save(tmp_path, 3, {"w": state["w"] + 2}, None, {"step": 3}, keep=2)
+    checkpoint.save(tmp_path, 1, state, None, _train_state(1), {"seed": 1}, keep=2)
+    checkpoint.save(tmp_path, 2, {"w": state["w"] + 1}, state, _train_state(2), {"seed": 1}, keep=2)
+    checkpoint.save(tmp_path, 3, {"w": state["w"] + 2}, None, _train_state(3), {"seed": 1}, keep=2)
     assert [d.name for d in checkpoint.complete_checkpoints(tmp_path)] == ["step_000000002", "step_000000003"]
     # Corrupt the newest: resume falls back to the previous one.
     (tmp_path / "step_000000003" / "model.safetensors").write_bytes(b"garbage")
     path, (model, ema, train_state) = checkpoint.find_resumable(tmp_path)
-    assert path.name == "step_000000002" and train_state["step"] == 2
+    assert path.name == "step_000000002" and train_state["global_step"] == 2 and train_state["config"] == {"seed": 1}
     assert torch.equal(model["w"], state["w"] + 1) and torch.equal(ema["w"], state["w"])
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir() if p.is_dir())
+
+
+def test_limit_train_leaves_validation_whole_and_large_seeds_work():
+    train, val = data.mnist5k_datasets(limit=64)
+    assert len(train) == 64 and len(val) == 1000  # the split py/eval evaluates
+    big = data.mnist5k_datasets(limit=8, seed=2**31 - 1)[0]
+    big.set_epoch(3)
+    assert big[0][0].shape == (1, 28, 28)
+    sampler = data.EpochSampler(10, seed=2**31 - 1)
+    sampler.set_epoch(10**6)
+    assert sorted(sampler) == list(range(10))
 
 
 def test_imagefolder_errors_explain_the_layout(tmp_path):
@@ -79,14 +96,31 @@ def test_imagefolder_errors_explain_the_layout(tmp_path):
         data.imagefolder_datasets(tmp_path, None, None)
 
 
-def test_imagefolder_skips_corrupt_images(tmp_path):
-    from PIL import Image
-    for split in ("train", "val"):
-        for cls in ("a", "b"):
-            d = tmp_path / split / cls
-            d.mkdir(parents=True)
-            Image.new("RGB", (8, 8), (10, 200, 30)).save(d / "ok.png")
-    (tmp_path / "train" / "a" / "broken.png").write_bytes(b"not an image")
-    train, val = data.imagefolder_datasets(tmp_path, None, None)
-    images = [train[i][0] for i in range(len(train))]
-    assert len(images) == 3 and train.skipped == 1
+def test_imagefolder_skips_corrupt_images_without_substituting(tmp_path):
+    import torchvision.transforms.functional as TF
+    make_folder(tmp_path, {"train": 1, "val": 3}, broken=[("train", "a", "broken.png"), ("val", "a", "bad1.png"),
+                                                          ("val", "b", "bad2.png")])
+    train, val = data.imagefolder_datasets(tmp_path, TF.to_tensor, TF.to_tensor)
+    items = [train[i] for i in range(len(train))]
+    assert len(items) == 3 and sum(item is None for item in items) == 1 and train.skipped == 1
+    loader = torch.utils.data.DataLoader(val, batch_size=3, collate_fn=data.skip_collate)
+    batches = list(loader)
+    assert sum(b[2] for b in batches) == 2  # the two unreadable files, counted
+    images = torch.cat([b[0] for b in batches])
+    assert len(images) == 6  # each readable image once, none stands in for a broken one
+    assert len({tuple(x[:, 0, 0].tolist()) for x in images}) == 6
+    all_bad = data.skip_collate([None, None])
+    assert all_bad[0].shape[0] == 0 and all_bad[2] == 2
+
+
+def test_imagefolder_without_readable_images_or_with_other_classes_is_a_data_error(tmp_path):
+    make_folder(tmp_path / "x", {"train": 1, "val": 0}, broken=[("val", "a", "b.png"), ("val", "a", "c.png")],
+                classes=("a",))
+    train, val = data.imagefolder_datasets(tmp_path / "x", None, None)
+    train.check_readable("train")
+    with pytest.raises(data.DataError, match="the val split .* has no readable image: all 2 files"):
+        val.check_readable("val")
+    make_folder(tmp_path / "y", {"train": 1}, classes=("a", "b"))
+    make_folder(tmp_path / "y", {"val": 1}, classes=("a", "c"))
+    with pytest.raises(data.DataError, match=r"only in train/: \['b'\], only in val/: \['c'\]"):
+        data.imagefolder_datasets(tmp_path / "y", None, None)

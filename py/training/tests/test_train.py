@@ -110,7 +110,7 @@ def test_ddp_two_processes_equal_one_process_with_the_global_batch(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--epochs=0"], "--epochs must be > 0"),
+    (["--epochs=0"], "--epochs must be in 1..1000000, got 0"),
     (["--model=no_such_model"], "unknown model"),
     (["--data_path=/no/such/dir"], "train/ and val/"),
     (["--config=/no/such.yaml"], "does not exist"),
