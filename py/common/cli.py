@@ -40,24 +40,33 @@ def _define(fv, kind, name, default, help_text, enum_values=None, **kwargs):
 
 
 def define_model_flags(fv=flags.FLAGS, checkpoint="checkpoint", checkpoint_help=None, weights=("model", "ema"),
-                       weights_default="model"):
-    """--model, --model_kwargs, --<checkpoint>, --weights, --trust_pickle."""
-    _define(fv, "string", "model", None, "registered model name (py.models.list_models())")
-    _define(fv, "string", "model_kwargs", None, "JSON object of model config overrides, e.g. '{\"depth\": 4}'")
+                       weights_default="model", model_default=None, model_kwargs_default=None):
+    """--model, --model_kwargs, --trust_pickle and, unless checkpoint is None, --<checkpoint> and --weights."""
+    _define(fv, "string", "model", model_default, "registered model name (py.models.list_models())")
+    _define(fv, "string", "model_kwargs", model_kwargs_default, "JSON object of model config overrides, e.g. "
+            "'{\"depth\": 4}'")
+    _define(fv, "bool", "trust_pickle", False, "allow unpickling a torch file that the safe loader refuses "
+            "(pickles can run code: only for a file you trust)")
+    if checkpoint is None:
+        return
     _define(fv, "string", checkpoint, None, checkpoint_help or (
         "weights: a .safetensors or torch file (ours or official), a trainer step directory, or a trainer "
         "run directory (its newest checkpoint whose checksums verify, and its config)"))
     _define(fv, "enum", "weights", weights_default,
             "which weights of the checkpoint: model (the trained weights) or ema (their moving average)"
             + (", or all of them" if "all" in weights else ""), enum_values=list(weights))
-    _define(fv, "bool", "trust_pickle", False, "allow unpickling a torch file that the safe loader refuses "
-            "(pickles can run code: only for a file you trust)")
+
+
+SHARED_FLAGS = ("model", "model_kwargs", "trust_pickle", "device", "threads")  # what the trainer shares
+
+
+MAX_THREADS = 1024
 
 
 def define_runtime_flags(fv=flags.FLAGS):
-    """--device and --threads."""
+    """--device and --threads (checked by set_threads, or by the trainer's config)."""
     _define(fv, "enum", "device", "auto", "auto: CUDA if available", enum_values=["auto", "cpu", "cuda"])
-    _define(fv, "integer", "threads", 0, "CPU threads for torch (0: torch's default)", lower_bound=0)
+    _define(fv, "integer", "threads", 0, f"CPU threads for torch, 0..{MAX_THREADS} (0: torch's default)")
 
 
 def parse_json_dict(name, text):
@@ -84,7 +93,10 @@ def pick_device(kind):
 
 
 def set_threads(threads):
+    """Applies --threads (0: torch's default); out of range is a UsageError."""
     import torch
+    if not 0 <= threads <= MAX_THREADS:
+        raise UsageError(f"--threads must be in 0..{MAX_THREADS}, got {threads}")
     if threads:
         torch.set_num_threads(threads)
 

@@ -15,6 +15,7 @@ images. Written to --output:
             smallest fraction of pixels holding p of the raw mass.
 Inputs: --data_path (ImageFolder val/), else MNIST-5k val for 1-channel 28x28 models, else N(0, 1).
 """
+import itertools
 import sys
 
 import numpy as np
@@ -153,8 +154,13 @@ def image_batches(info, source, num_images, batch_size, data_path=None, seed=0):
         raise common.UsageError(f"unknown --inputs {source!r}")
     if len(val) < num_images:
         raise common.UsageError(f"--num_images={num_images} but the {desc['inputs']} set has {len(val)}")
-    order = torch.randperm(len(val), generator=torch.Generator().manual_seed(seed))[:num_images].tolist()
-    images = torch.stack([val[i][0] for i in order])
+    order = torch.randperm(len(val), generator=torch.Generator().manual_seed(seed)).tolist()
+    readable = (item for item in map(val.__getitem__, order) if item is not None)  # unreadable files: None
+    images = [image for image, _ in itertools.islice(readable, num_images)]
+    if len(images) < num_images:
+        raise common.UsageError(f"--num_images={num_images} but only {len(images)} images of the "
+                                f"{desc['inputs']} set are readable")
+    images = torch.stack(images)
     return [images[i:i + batch_size] for i in range(0, num_images, batch_size)], desc
 
 

@@ -106,9 +106,12 @@ def evaluate_weights(model, loader, device, classes, label):
     from tqdm import tqdm
     batches = tqdm(loader, desc=f"eval {label}", unit="batch", disable=not FLAGS.progress, file=sys.stderr,
                    dynamic_ncols=True, mininterval=1.0)
-    top1, top5, loss, per_class = engine.evaluate(model, batches, device, "none", len(classes))
-    return {"top1": top1, "top5": top5, "loss": loss, "num_images": len(loader.dataset),
-            "per_class": dict(zip(classes, per_class))}
+    stats = {}
+    top1, top5, loss, per_class = engine.evaluate(model, batches, device, "none", len(classes), stats)
+    if stats["skipped_images"]:
+        print(f"warning: {stats['skipped_images']} unreadable image(s) skipped", file=sys.stderr)
+    return {"top1": top1, "top5": top5, "loss": loss, "num_images": stats["images"],
+            "skipped_images": stats["skipped_images"], "per_class": dict(zip(classes, per_class))}
 
 
 def print_table(results, classes):
@@ -144,6 +147,7 @@ def main():
     workers = FLAGS.num_workers if FLAGS.num_workers is not None else (
         0 if info["name"] == "mnist5k" else data.num_workers_default())
     loader = torch.utils.data.DataLoader(val, batch_size=FLAGS.batch_size, shuffle=False, num_workers=workers,
+                                         collate_fn=data.skip_collate,  # unreadable images: dropped, counted
                                          pin_memory=device.type == "cuda")
     results = {}
     t0 = time.perf_counter()

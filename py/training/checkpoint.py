@@ -34,6 +34,7 @@ import time
 import numpy as np
 import torch
 
+from py.common import files
 from py.models import weights
 
 log = logging.getLogger(__name__)
@@ -53,50 +54,6 @@ class PickledCheckpoint(weights.WeightsError):
 class LockHeld(Exception):
     """Another live trainer holds the run directory's lock."""
 
-
-# ----------------------------------------------------------------------------------------------
-# Atomic files
-# ----------------------------------------------------------------------------------------------
-def _fsync_dir(path):
-    fd = os.open(str(path), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path, data):
-    """Writes `data` to `path` via a temp file in the same directory, fsync and rename."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path, text):
-    atomic_write_bytes(path, text.encode())
-
-
-def append_line(path, line):
-    """Appends one line and fsyncs (metrics.jsonl: a crash loses at most the line being written)."""
-    with open(path, "a") as f:
-        f.write(line.rstrip("\n") + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def write_json(path, obj):
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,20 +210,20 @@ def save(ckpt_root, step, model_state, ema_state, train_state, config, keep=3):
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         weights.write_manifest(tmp, step)
-        _fsync_dir(tmp)
+        files.fsync_dir(tmp)
         final = ckpt_root / name
         old = None
         if final.exists():  # same step saved twice (e.g. signal right after a periodic save)
             old = pathlib.Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=str(ckpt_root)))
             os.replace(final, old / name)
         os.replace(tmp, final)
-        _fsync_dir(ckpt_root)
+        files.fsync_dir(ckpt_root)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    atomic_write_text(ckpt_root / "latest", name + "\n")
+    files.atomic_write_text(ckpt_root / "latest", name + "\n")
     if keep > 0:
         older = [d for d in _step_dir_names(ckpt_root) if int(_STEP_DIR.match(d.name).group(1)) <= step]
         for d in older[:-keep]:

@@ -15,15 +15,17 @@ import time
 
 from absl import flags
 
-from py.training.paths import caller_path
+from py.common import cli
+from py.common.files import caller_path
 
 FLAGS = flags.FLAGS
 
 # Model and data.
 flags.DEFINE_string("config", None, "YAML file of flag values (e.g. py/training/configs/vim_small.yaml); "
                     "flags given on the command line win")
-flags.DEFINE_string("model", "vim_mnist", "registered model name (py.models.list_models())")
-flags.DEFINE_string("model_kwargs", "{}", "JSON dict of model config overrides, e.g. '{\"depth\": 4}'")
+# --model, --model_kwargs, --trust_pickle, --device, --threads: the layer shared with the eval tools.
+cli.define_model_flags(FLAGS, checkpoint=None, model_default="vim_mnist", model_kwargs_default="{}")
+cli.define_runtime_flags(FLAGS)
 flags.DEFINE_string("data_path", None, "ImageNet-style dataset root with train/ and val/ class folders; "
                     "empty: the embedded MNIST-5k")
 flags.DEFINE_integer("img_size", None, "input resolution, 1..4096 (default: 28 for MNIST-5k, 224 otherwise)")
@@ -55,8 +57,6 @@ flags.DEFINE_enum("amp", "none", ["none", "bf16", "fp16"], "autocast dtype (fp16
 flags.DEFINE_bool("compile", False, "torch.compile the model")
 flags.DEFINE_bool("deterministic", False, "deterministic algorithms (same seed ⇒ same weights, also across resume)")
 flags.DEFINE_integer("seed", 0, "random seed, 0..2147483647")
-flags.DEFINE_enum("device", "auto", ["auto", "cpu", "cuda"], "auto: CUDA if available")
-flags.DEFINE_integer("threads", 0, "CPU threads for torch, 0..1024 (0: torch's default)")
 
 # DyVM fine-tuning.
 flags.DEFINE_string("teacher_model", None, "DyVM: teacher model name (e.g. vim_small)")
@@ -73,9 +73,6 @@ flags.DEFINE_string("resume", "auto", "'auto': continue from the newest checkpoi
                     "continue from")
 flags.DEFINE_bool("allow_config_change", False, "resume even though flags given now differ from the run's "
                   "config.json (the differing keys are listed)")
-flags.DEFINE_bool("trust_pickle", False, "allow unpickling the old-format checkpoint/weights files this run "
-                  "reads (state.pt of older trainer checkpoints, pickled .pth files): unpickling can run "
-                  "arbitrary code, so only for files you trust")
 flags.DEFINE_integer("ckpt_every_steps", 0, "also checkpoint every N optimizer steps (0: each epoch only)")
 flags.DEFINE_integer("keep_checkpoints", 3, "how many checkpoints to keep (0: all)")
 flags.DEFINE_enum("on_nan", "stop", ["stop", "skip"], "non-finite loss: stop (exit 3) or skip the step")
@@ -102,8 +99,8 @@ class ConfigError(Exception):
 
 
 def flag_names():
-    """The trainer's own flags (absl's built-in ones are not trainer settings)."""
-    return [f.name for f in FLAGS.get_flags_for_module(sys.modules[__name__])]
+    """The trainer's own flags (absl's built-in ones are not trainer settings), the shared ones included."""
+    return [f.name for f in FLAGS.get_flags_for_module(sys.modules[__name__])] + list(cli.SHARED_FLAGS)
 
 
 def _expected(flag):
@@ -385,9 +382,10 @@ def merge_run_config(cfg, run_cfg, explicit, allow_change, where):
 
 
 def parse_flags_or_exit(argv):
-    """absl flags parser for app.run that reports errors in one line with exit code 2."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as exc:
-        print(f"error: {' '.join(str(exc).split())} (see --helpfull)", file=sys.stderr)
-        sys.exit(2)
+    """absl flags parser for app.run through the shared command-line layer (py.common.cli): -h/--help
+    print the trainer's own flags and exit 0; a bad flag is one `error:` line and exit code 2."""
+    main = sys.modules.get("__main__")
+    code = cli.parse(argv, FLAGS, getattr(main, "__doc__", None), prog="train")
+    if code is not None:
+        sys.exit(code)
+    return [argv[0]]

@@ -19,9 +19,9 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from absl import app
 
+from py.common import files
 from py.models import weights
 from py.ops import cpu_allocator
 from py.training import checkpoint, config, data, engine, optim
@@ -269,7 +269,6 @@ class Trainer:
             self._load_weights(model, "finetune", adapt=True, trust_pickle=trust)
         self.unwrapped = model.to(self.device)
         self.ema = engine.ModelEma(self.unwrapped, cfg["ema_decay"]) if cfg["ema_decay"] > 0 else None
-        self.loss_module = None
         self.teacher = None
         if cfg["teacher_model"]:
             tkwargs = dict(cfg["teacher_model_kwargs"])
@@ -284,8 +283,8 @@ class Trainer:
             self.teacher = self.teacher.to(self.device).eval()
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
-        if hasattr(self.unwrapped, "build_loss"):  # DyVM: its loss needs the model's decisions
-            self.loss_module = self.unwrapped.build_loss(teacher=self.teacher, label_smoothing=cfg["label_smoothing"])
+        # The model's training objective and per-epoch reports (py/models/tasks.py).
+        self.task = models.build_task(self.unwrapped, teacher=self.teacher, label_smoothing=cfg["label_smoothing"])
         model = self.unwrapped
         if cfg["compile"]:
             model = torch.compile(model)
@@ -318,14 +317,7 @@ class Trainer:
 
     # -- pieces used by the engine -----------------------------------------------------------
     def compute_loss(self, images, targets, soft_targets):
-        if self.loss_module is not None:
-            return self.loss_module(self.model, images, targets if soft_targets is None else soft_targets)
-        logits = self.model(images)
-        if soft_targets is not None:
-            loss = torch.sum(-soft_targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
-        else:
-            loss = F.cross_entropy(logits.float(), targets, label_smoothing=self.cfg["label_smoothing"])
-        return loss, logits
+        return self.task.loss(self.model, images, targets if soft_targets is None else soft_targets)
 
     def progress_bar(self, **kwargs):
         from tqdm import tqdm
@@ -379,7 +371,7 @@ class Trainer:
             self.resumed = None  # free the loaded tensors
         writer = None
         if self.is_main:
-            checkpoint.write_json(out / "config.json", cfg)
+            files.write_json(out / "config.json", cfg)
             try:
                 from torch.utils.tensorboard import SummaryWriter
                 writer = SummaryWriter(str(out / "tensorboard"))
@@ -473,19 +465,16 @@ class Trainer:
         if self.ema is not None:
             row["val_top1_ema"], row["val_top5_ema"], _, _ = engine.evaluate(
                 self.ema.module, self.val_loader, self.device, cfg["amp"], self.num_classes)
-        if hasattr(self.unwrapped, "keep_ratio_report"):  # DyVM: achieved keep ratios and cost
-            row.update(self.unwrapped.keep_ratio_report())
-            if self.is_main:
-                row["gflops_per_image"] = self._inference_gflops()
-                self.unwrapped.keep_ratio_report()  # drop the counting forward's gates from next epoch's ratio
+        # The task's extra metrics (e.g. achieved keep ratios and GFLOPs per image on fixed images).
+        row.update(self.task.epoch_report(self.unwrapped, self._report_images() if self.is_main else None))
         if self.is_main:
-            checkpoint.append_line(out / "metrics.jsonl", json.dumps(row))
+            files.append_line(out / "metrics.jsonl", json.dumps(row))
             if writer is not None:
                 for k, v in row.items():
                     if isinstance(v, (int, float)) and k != "epoch":
                         writer.add_scalar(k, v, epoch + 1)
                 writer.flush()
-            dyvm = "".join(f", {label} {row[key]:.3g}" for key, label in (
+            extra = "".join(f", {label} {row[key]:.3g}" for key, label in (
                 ("token_keep_ratio", "tokens kept"), ("block_keep_ratio", "blocks kept"),
                 ("gflops_per_image", "GFLOPs/image")) if key in row)
             skips = (f", unreadable images skipped: {row['train_skipped_images']} train, {row['val_skipped_images']} val"
@@ -493,14 +482,13 @@ class Trainer:
                      else "")
             print(f"[train] epoch {epoch + 1}/{cfg['epochs']}{' (partial)' if partial else ''}: train loss "
                   f"{row['train_loss']:.4f}, val top-1 {top1:.2f}%, top-5 {top5:.2f}% ({row['val_images']} images), "
-                  f"{row['img_per_s']:.0f} img/s, {engine.seconds_to_text(running['seconds'])}{dyvm}{skips}",
+                  f"{row['img_per_s']:.0f} img/s, {engine.seconds_to_text(running['seconds'])}{extra}{skips}",
                   file=sys.stderr)
         return row
 
-    def _inference_gflops(self):
-        """Inference GFLOPs per image on a fixed slice of the validation set (DyVM's token pruning and
-        block skipping depend on the image, so its cost is measured on real images, not a random one)."""
-        from py.models import count_flops
+    def _report_images(self):
+        """A fixed slice of the validation set (up to 16 readable images) for the task's epoch report:
+        costs that depend on the image (token pruning, block skipping) are measured on real ones."""
         items = []
         for i in range(len(self.val_set)):
             item = self.val_set[i]
@@ -508,8 +496,7 @@ class Trainer:
                 items.append(item[0])
             if len(items) == 16:
                 break
-        images = torch.stack(items).to(self.device)
-        return count_flops(self.unwrapped, inputs=images)["total"] / len(items) / 1e9
+        return torch.stack(items).to(self.device) if items else None
 
     def _on_signal(self, signum, frame):
         if self.stop_signal is not None:  # second signal: give up at once
@@ -521,7 +508,7 @@ class Trainer:
 
 def main(argv):
     if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]} (flags are --name=value; see --helpfull)", file=sys.stderr)
+        print(f"error: unexpected arguments {argv[1:]} (flags are --name=value; see --help)", file=sys.stderr)
         sys.exit(2)
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(levelname)s %(message)s")
     cpu_allocator.keep_freed_memory()  # large CPU tensors reuse freed memory instead of faulting in new pages

@@ -31,7 +31,7 @@ def test_help_starts_with_the_tools_own_flags_and_exits_0(capsys, arg):
 def test_dashes_in_names_and_errors(capsys):
     fv = _flags()
     assert cli.parse(["tool", "--batch-size=3"], fv) is None and fv.batch_size == 3
-    for argv, needle in ((["tool", "--threads=-1"], "threads"), (["tool", "--nope=1"], "nope"),
+    for argv, needle in ((["tool", "--threads=x"], "threads"), (["tool", "--nope=1"], "nope"),
                          (["tool", "--device=tpu"], "device"), (["tool", "stray"], "unexpected arguments")):
         fv = _flags()
         assert cli.parse(argv, fv) == 2
@@ -53,6 +53,11 @@ def test_run_maps_usage_errors_to_exit_2(capsys):
         raise RuntimeError("a bug")
     with pytest.raises(RuntimeError):  # bugs keep their traceback
         cli.run(crash, ["tool"], _flags())
+
+
+def test_threads_are_checked():
+    with pytest.raises(cli.UsageError, match=r"--threads must be in 0\.\.1024, got -1"):
+        cli.set_threads(-1)
 
 
 def test_parse_json_dict():
