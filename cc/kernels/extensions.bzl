@@ -4,7 +4,10 @@ Read by two front doors: cc/kernels/BUILD.bazel (Bazel) and tools/build_kernels.
 a GPU machine). The tool parses this file as Python literals, so keep it data only: no calls,
 no loads, no comprehensions.
 
-Each extension becomes the Python module `cc.kernels.<name>`:
+Sources live per op, as in mamba_ssm's csrc: cc/kernels/<op>/ holds the op's CPU kernel, its CUDA
+kernels and their pybind11 fronts, and headers shared by both backends; cc/kernels/common/ holds what
+every kernel uses. Each extension becomes the Python module `cc.kernels.<name>` (the module path
+does not follow the source folder):
   srcs       C++ sources of the pybind11 module (host compiler)
   cuda_srcs  CUDA sources (nvcc); an extension with any is built only where CUDA is found
   hdrs       headers its sources include (workspace-relative includes: "cc/kernels/...")
@@ -25,9 +28,15 @@ NVCC_FLAGS = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "--extended-lambd
 # Override without editing: VISIONSSM_CUDA_ARCHS="90a" (both front doors read it).
 CUDA_ARCHS = ["80", "90a"]
 
+# Shared by every kernel (cc/kernels/common/): argument checks, thread scheduling, the target_clones
+# macros, vector types, exp/softplus/sigmoid, per-thread scratch.
 COMMON_HDRS = [
-    "common/parallel.h",
     "common/check.h",
+    "common/parallel.h",
+    "common/clones.h",
+    "common/simd.h",
+    "common/fast_math.h",
+    "common/scratch.h",
 ]
 
 EXTENSIONS = {
@@ -38,25 +47,29 @@ EXTENSIONS = {
         "cutlass": False,
     },
     "selective_scan_cpu": {
-        "srcs": ["selective_scan_cpu.cc"],
+        "srcs": ["selective_scan/selective_scan_cpu.cc"],
         "cuda_srcs": [],
-        "hdrs": ["selective_scan_n1_avx2.h"],
+        "hdrs": [
+            "selective_scan/selective_scan_n1_avx2.h",
+            "selective_scan/selective_scan_params.h",
+            "selective_scan/selective_scan_params_dict.h",
+        ],
         "cutlass": False,
     },
     "ssd_cpu": {
-        "srcs": ["ssd_cpu.cc"],
+        "srcs": ["ssd/ssd_cpu.cc"],
         "cuda_srcs": [],
         "hdrs": [],
         "cutlass": False,
     },
     "dcnv4_cpu": {
-        "srcs": ["dcnv4_cpu.cc"],
+        "srcs": ["dcnv4/dcnv4_cpu.cc"],
         "cuda_srcs": [],
         "hdrs": [],
         "cutlass": False,
     },
     "cross_scan_cpu": {
-        "srcs": ["cross_scan_cpu.cc"],
+        "srcs": ["cross_scan/cross_scan_cpu.cc"],
         "cuda_srcs": [],
         "hdrs": [],
         "cutlass": False,
@@ -68,6 +81,7 @@ EXTENSIONS = {
         "cuda_srcs": ["selective_scan/selective_scan_fwd.cu", "selective_scan/selective_scan_bwd.cu"],
         "hdrs": [
             "selective_scan/selective_scan_params.h",
+            "selective_scan/selective_scan_params_dict.h",
             "selective_scan/selective_scan_launch.h",
             "selective_scan/selective_scan_layout.h",
             "selective_scan/selective_scan_config.h",

@@ -8,7 +8,8 @@ import pytest
 from tools import ptxas_report
 from tools.build_kernels import read_extensions
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
+# Not resolve(): under Bazel the reports are in the runfiles tree, next to this file's symlink.
+ROOT = pathlib.Path(os.path.abspath(__file__)).parent.parent.parent
 CFG = read_extensions()
 # Every .cu is compiled for every target of the build: CUDA_ARCHS, or VISIONSSM_CUDA_ARCHS if set.
 _OVERRIDE = [a for a in os.environ.get("VISIONSSM_CUDA_ARCHS", "").replace(",", ";").split(";") if a]

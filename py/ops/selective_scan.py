@@ -80,10 +80,6 @@ def _ptr(x):
     return 0 if x is None else x.data_ptr()
 
 
-def _strides(x, n):
-    return [] if x is None else list(x.stride()[:n])
-
-
 def _slices(batch, groups, cpg):
     """Channel slices per (batch, group) in the backward: enough units for parallelism, each with its
     own dB/dC partial sum (a function of the shape only, so results do not depend on threads)."""
@@ -91,16 +87,22 @@ def _slices(batch, groups, cpg):
     return max(1, min(cpg, -(-64 // units)))
 
 
-def _kernel_common(u, delta, A, B, C, D, z, delta_bias, softplus, chunk):
-    batch, dim, L = u.shape
-    groups, N = B.shape[1], A.shape[1]
-    return dict(dtype=str(u.dtype).removeprefix("torch."), batch=batch, dim=dim, L=L, N=N, groups=groups,
-                softplus=bool(softplus), chunk=chunk, u=_ptr(u), u_strides=_strides(u, 2),
-                delta=_ptr(delta), delta_strides=_strides(delta, 2), A=_ptr(A), A_strides=list(A.stride()),
-                B=_ptr(B), B_strides=_strides(B, 3), C=_ptr(C), C_strides=_strides(C, 3), D=_ptr(D),
-                D_stride=0 if D is None else D.stride(0), bias=_ptr(delta_bias),
-                bias_stride=0 if delta_bias is None else delta_bias.stride(0), z=_ptr(z),
-                z_strides=_strides(z, 2))
+def kernel_params(u, delta, A, B, C, D, z, delta_bias, softplus):
+    """The kernels' Params (cc/kernels/selective_scan/selective_scan_params.h) as the dict both
+    extensions take: sizes (batch, dim, L) from delta (u may be CUDA's cross-2D map), pointers,
+    element strides, flags. delta is None in the CPU N = 1 backward, which reads the saved softplus(δ)."""
+    batch, dim, L = (u if delta is None else delta).shape
+    return dict(dtype=str(u.dtype).removeprefix("torch."), batch=batch, dim=dim, seqlen=L,
+                dstate=A.shape[1], groups=B.shape[1], softplus=bool(softplus),
+                u=_ptr(u), u_batch_stride=u.stride(0), u_dim_stride=u.stride(1),
+                delta=_ptr(delta), delta_batch_stride=0 if delta is None else delta.stride(0),
+                delta_dim_stride=0 if delta is None else delta.stride(1),
+                A=_ptr(A), A_dim_stride=A.stride(0), A_state_stride=A.stride(1),
+                B=_ptr(B), B_batch_stride=B.stride(0), B_group_stride=B.stride(1), B_state_stride=B.stride(2),
+                C=_ptr(C), C_batch_stride=C.stride(0), C_group_stride=C.stride(1), C_state_stride=C.stride(2),
+                D=_ptr(D), D_stride=0 if D is None else D.stride(0),
+                delta_bias=_ptr(delta_bias), delta_bias_stride=0 if delta_bias is None else delta_bias.stride(0),
+                z=_ptr(z), z_batch_stride=0 if z is None else z.stride(0), z_dim_stride=0 if z is None else z.stride(1))
 
 
 class SelectiveScanCpuFn(torch.autograd.Function):
@@ -128,11 +130,10 @@ class SelectiveScanCpuFn(torch.autograd.Function):
         # tensors): the backward then skips that math.
         n1 = needs_grad and u.dtype == torch.float32 and mod.n1_path(N, z is not None, dim // B.shape[1])
         saved = torch.empty(batch * dim * L, dtype=u.dtype) if n1 else None
-        args = _kernel_common(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk)
-        mod.forward(**args, y=y.data_ptr(), last_state=_ptr(last), ckpt=_ptr(ckpt), saved=_ptr(saved),
+        params = kernel_params(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        mod.forward(dict(params, y=y.data_ptr(), last_state=_ptr(last), ckpt=_ptr(ckpt), saved_delta=_ptr(saved)),
                     threads=torch.get_num_threads())
         ctx.softplus = bool(delta_softplus)
-        ctx.chunk = chunk
         ctx.has = (D is not None, z is not None, delta_bias is not None)
         if needs_grad:
             ctx.save_for_backward(u, None if n1 else delta, A, B, C, D, z, delta_bias, ckpt, saved)
@@ -156,12 +157,13 @@ class SelectiveScanCpuFn(torch.autograd.Function):
         dC_part = torch.empty_like(dB_part)
         dD_part = torch.empty(batch, dim, dtype=u.dtype) if D is not None else None
         dbias_part = torch.empty(batch, dim, dtype=u.dtype) if delta_bias is not None else None
-        args = _kernel_common(u, delta, A, B, C, D, z, delta_bias, ctx.softplus, ctx.chunk)
-        mod.backward(**args, dout=dy.data_ptr(), dout_strides=_strides(dy, 2), ckpt=_ptr(ckpt),
-                     saved=_ptr(saved), du=du.data_ptr(), ddelta=ddelta.data_ptr(), dz=_ptr(dz),
-                     dA_part=dA_part.data_ptr(), dB_part=dB_part.data_ptr(), dC_part=dC_part.data_ptr(),
-                     dD_part=_ptr(dD_part),
-                     dbias_part=_ptr(dbias_part), slices=slices, threads=torch.get_num_threads())
+        params = kernel_params(u, delta, A, B, C, D, z, delta_bias, ctx.softplus)
+        params.update(saved_delta=_ptr(saved), ckpt=_ptr(ckpt), dout=dy.data_ptr(),
+                      dout_batch_stride=dy.stride(0), dout_dim_stride=dy.stride(1), du=du.data_ptr(),
+                      ddelta=ddelta.data_ptr(), dz=_ptr(dz), dA_part=dA_part.data_ptr(),
+                      dB_part=dB_part.data_ptr(), dC_part=dC_part.data_ptr(), dD_part=_ptr(dD_part),
+                      dbias_part=_ptr(dbias_part), slices=slices)
+        mod.backward(params, threads=torch.get_num_threads())
         dA = dA_part.sum(0)
         dB = dB_part[0] if slices == 1 else dB_part.sum(0)
         dC = dC_part[0] if slices == 1 else dC_part.sum(0)

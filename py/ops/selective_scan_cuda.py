@@ -10,6 +10,7 @@
 import torch
 
 from py.ops import _common, _cuda_dispatch, _native
+from py.ops.selective_scan import kernel_params
 
 EXT = "selective_scan_cuda"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -30,15 +31,9 @@ def _f32(t):
 
 
 def launch_params(u, delta, A32, B, C, D32, z, bias32, softplus, hw=None):
-    """The kernels' Params as a dict (selective_scan_params.h). hw = (H, W): cross-2D, u is the map."""
-    batch, dim, L = delta.shape
-    p = dict(dtype=_cuda_dispatch.dtype_name(delta), batch=batch, dim=dim, seqlen=L, dstate=A32.shape[1],
-             groups=B.shape[1], softplus=bool(softplus), u=_ptr(u), u_batch_stride=u.stride(0),
-             u_dim_stride=u.stride(1), delta=_ptr(delta), delta_batch_stride=delta.stride(0),
-             delta_dim_stride=delta.stride(1), A=_ptr(A32), B=_ptr(B), B_batch_stride=B.stride(0),
-             B_group_stride=B.stride(1), B_state_stride=B.stride(2), C=_ptr(C), C_batch_stride=C.stride(0),
-             C_group_stride=C.stride(1), C_state_stride=C.stride(2), D=_ptr(D32), delta_bias=_ptr(bias32),
-             z=_ptr(z), z_batch_stride=0 if z is None else z.stride(0), z_dim_stride=0 if z is None else z.stride(1))
+    """The kernels' Params as a dict (selective_scan_params.h), filled as for the CPU kernel
+    (`py.ops.selective_scan.kernel_params`). hw = (H, W): cross-2D, u is the map."""
+    p = kernel_params(u, delta, A32, B, C, D32, z, bias32, softplus)
     if hw is not None:
         p.update(cross2d=True, height=hw[0], width=hw[1], u_h_stride=u.stride(2), u_w_stride=u.stride(3))
     return p

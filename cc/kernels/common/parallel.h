@@ -2,6 +2,8 @@
 // so inside a torch process both share one runtime and one thread pool.
 #pragma once
 
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 
 #ifdef _OPENMP
@@ -31,6 +33,26 @@ void parallel_for(int64_t n, int threads, const Body& body) {
   }
 #endif
   for (int64_t i = 0; i < n; ++i) body(i);
+}
+
+// Calls body(i) for i in [0, n) on `threads` workers (<= 0: all available) that each take the
+// next index from a shared counter: the machine may be shared, and with a static split a
+// descheduled worker's share would wait for it. Each body(i) must write only its own outputs, so
+// results do not depend on which worker ran it.
+template <typename Body>
+void parallel_for_dynamic(int64_t n, int threads, const Body& body) {
+  if (threads <= 0) threads = max_threads();
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(threads, n));
+  if (workers == 1) {
+    for (int64_t i = 0; i < n; ++i) body(i);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  parallel_for(workers, static_cast<int>(workers), [&](int64_t) {
+    for (int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < n;
+         i = next.fetch_add(1, std::memory_order_relaxed))
+      body(i);
+  });
 }
 
 }  // namespace visionssm

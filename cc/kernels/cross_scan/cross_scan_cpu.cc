@@ -20,14 +20,9 @@
 #include <vector>
 
 #include "cc/kernels/common/check.h"
+#include "cc/kernels/common/clones.h"
 #include "cc/kernels/common/parallel.h"
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define VSSM_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define VSSM_CLONES
-#endif
-#define VSSM_INLINE inline __attribute__((always_inline))
+#include "cc/kernels/common/scratch.h"
 
 namespace {
 
@@ -132,10 +127,9 @@ void scan(const ScanArgs& a, std::uintptr_t x, std::uintptr_t out, int threads) 
   T* yp = reinterpret_cast<T*>(out);  // contiguous (B, 4, C, L)
   const int64_t L = a.H * a.W;
   visionssm::parallel_for(a.B * a.C, threads_for(a.B * a.C * L, threads), [&](int64_t p) {
-    thread_local std::vector<T> buf;
-    if (buf.size() < static_cast<size_t>(L)) buf.resize(L);
+    T* buf = visionssm::scratch<T>(L);
     const int64_t b = p / a.C, c = p % a.C;
-    const T* src = contiguous_plane(xp + b * a.sb + c * a.sc, a.H, a.W, a.sh, a.sw, buf.data());
+    const T* src = contiguous_plane(xp + b * a.sb + c * a.sc, a.H, a.W, a.sh, a.sw, buf);
     T* o = yp + (b * 4 * a.C + c) * L;
     const int64_t ks = a.C * L;
     scan_plane_any(src, a.H, a.W, o, o + ks, o + 2 * ks, o + 3 * ks);
@@ -148,14 +142,13 @@ void merge(const ScanArgs& a, std::uintptr_t y, std::uintptr_t out, int threads)
   T* op = reinterpret_cast<T*>(out);  // contiguous (B, C, L)
   const int64_t L = a.H * a.W;
   visionssm::parallel_for(a.B * a.C, threads_for(a.B * a.C * L, threads), [&](int64_t p) {
-    thread_local std::vector<T> buf;
-    if (buf.size() < static_cast<size_t>(5 * L)) buf.resize(5 * L);
+    T* buf = visionssm::scratch<T>(5 * L);
     const int64_t b = p / a.C, c = p % a.C;
     const T* rows[4];
     for (int k = 0; k < 4; ++k)
       rows[k] = contiguous_plane(yp + b * a.sb + k * a.sk + c * a.sc, a.H, a.W, a.sh, a.sw,
-                                 buf.data() + (k + 1) * L);
-    merge_plane_any(rows[0], rows[1], rows[2], rows[3], a.H, a.W, op + p * L, buf.data());
+                                 buf + (k + 1) * L);
+    merge_plane_any(rows[0], rows[1], rows[2], rows[3], a.H, a.W, op + p * L, buf);
   });
 }
 

@@ -31,18 +31,10 @@
 #include <vector>
 
 #include "cc/kernels/common/check.h"
+#include "cc/kernels/common/clones.h"
 #include "cc/kernels/common/parallel.h"
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define VSSM_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define VSSM_CLONES
-#endif
-#define VSSM_INLINE inline __attribute__((always_inline))
-
-// The kLanes-wide vector helpers below are always inlined into the per-ISA clones, so the
-// "vector argument ABI differs without AVX" note does not apply.
-#pragma GCC diagnostic ignored "-Wpsabi"
+#include "cc/kernels/common/scratch.h"
+#include "cc/kernels/common/simd.h"
 
 namespace {
 
@@ -179,13 +171,9 @@ void forward(const Geom& g, std::uintptr_t value, std::uintptr_t offset_mask, st
   const int nthreads = work >= (1 << 14) ? threads : 1;
   visionssm::parallel_for(rows, nthreads, [&](int64_t row) {
     // Tap scratch of one (pixel, group): at most 4 corners per point.
-    thread_local std::vector<int64_t> off;
-    thread_local std::vector<T> wt;
-    if (off.size() < static_cast<size_t>(4 * g.K)) {
-      off.resize(4 * g.K);
-      wt.resize(4 * g.K);
-    }
-    forward_row_any(g, kx.data(), ky.data(), v, om, o, row, off.data(), wt.data());
+    int64_t* off = visionssm::scratch<int64_t>(4 * g.K);
+    T* wt = visionssm::scratch<T>(4 * g.K);
+    forward_row_any(g, kx.data(), ky.data(), v, om, o, row, off, wt);
   });
 }
 
@@ -229,29 +217,21 @@ VSSM_INLINE void corner(const T* go, const T* v, T* gv, T a, T wm, T ww, T wh, i
 // kLanes-wide vectors (GCC vector extensions, lowered to whatever the clone's ISA has), so the
 // per-sample accumulators stay in registers.
 template <typename T>
-struct Lanes {
-  typedef T type __attribute__((vector_size(kLanes * sizeof(T))));
-  typedef T half __attribute__((vector_size(kLanes / 2 * sizeof(T))));
-  typedef T quarter __attribute__((vector_size(kLanes / 4 * sizeof(T))));
-};
-template <typename T>
-using Vec = typename Lanes<T>::type;
+using Vec = visionssm::simd::vec<T, kLanes>;
 
 template <typename T>
 VSSM_INLINE Vec<T> vload(const T* p) {
-  Vec<T> v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
+  return visionssm::simd::load<Vec<T>>(p);
 }
 template <typename T>
 VSSM_INLINE void vstore(T* p, const Vec<T>& v) {
-  std::memcpy(p, &v, sizeof(v));
+  visionssm::simd::store(p, v);
 }
 // Pairwise lane sum, the same order as lane_sum below.
 template <typename T>
 VSSM_INLINE T vsum(const Vec<T>& x) {
-  using H = typename Lanes<T>::half;
-  using Q = typename Lanes<T>::quarter;
+  using H = visionssm::simd::vec<T, kLanes / 2>;
+  using Q = visionssm::simd::vec<T, kLanes / 4>;
   const H h4 = __builtin_shufflevector(x, x, 0, 1, 2, 3) + __builtin_shufflevector(x, x, 4, 5, 6, 7);
   const Q h2 = __builtin_shufflevector(h4, h4, 0, 1) + __builtin_shufflevector(h4, h4, 2, 3);
   return h2[0] + h2[1];

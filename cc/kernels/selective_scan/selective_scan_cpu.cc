@@ -28,20 +28,19 @@
 //
 // Otherwise float32 runs on 8-wide GCC vector-extension code with its own exp (Cephes-style range
 // reduction + degree-7 polynomial, ~1 ulp; results below ~1.2e-38 flush to 0) and softplus /
-// sigmoid built on it; float64 runs plain scalar loops with std::exp / std::log1p. Every entry
-// point is compiled twice (target_clones: x86-64-v3 = AVX2+FMA, and the baseline x86-64, where
-// the 8-wide vectors become pairs of SSE registers) and picked by the loader.
+// sigmoid built on it (common/fast_math.h); float64 runs plain scalar loops with std::exp /
+// std::log1p. Every entry point is compiled twice (common/clones.h: x86-64-v3 = AVX2+FMA, and the
+// baseline x86-64, where the 8-wide vectors become pairs of SSE registers) and picked by the loader.
+//
+// Python passes one Params (selective_scan_params.h, the struct the CUDA kernels take) as a dict;
+// make_args() turns it into the typed Args<T> the passes read.
 #include <pybind11/pybind11.h>
-#include <pybind11/stl.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <string>
 #include <type_traits>
-#include <vector>
 
 #include "cc/kernels/common/check.h"
 #include "cc/kernels/common/parallel.h"
@@ -54,150 +53,27 @@
 #endif
 
 // FP exceptions are never inspected here; without this GCC will not if-convert (and so not
-// vectorize) loops whose bodies hold a select. 8-wide vectors passed between always-inline
-// helpers trigger an ABI note (-Wpsabi) in the baseline build; nothing crosses a real call.
+// vectorize) loops whose bodies hold a select. Set before fast_math.h so its helpers get it too.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("no-trapping-math")
-#pragma GCC diagnostic ignored "-Wpsabi"
 #endif
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(VSSM_NO_TARGET_CLONES)
-#define VSSM_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define VSSM_CLONES
-#endif
-#define VSSM_INLINE inline __attribute__((always_inline))
+#include "cc/kernels/common/clones.h"
+#include "cc/kernels/common/fast_math.h"
+#include "cc/kernels/common/scratch.h"
+#include "cc/kernels/selective_scan/selective_scan_params.h"
+#include "cc/kernels/selective_scan/selective_scan_params_dict.h"
 
 namespace {
 
 using i64 = int64_t;
-
-// ---------------------------------------------------------------------------------------------
-// Arithmetic policies. A pass is written once against P: P::R is a register of P::W lanes of
-// P::T; loadn/storen touch only the first n (<= W) elements (tails of caller-owned buffers),
-// load/store always W (scratch buffers are padded to a multiple of 8).
-
-template <typename T_>
-struct Scalar {
-  using T = T_;
-  using R = T_;
-  static constexpr i64 W = 1;
-  static VSSM_INLINE R splat(T x) { return x; }
-  static VSSM_INLINE R load(const T* p) { return *p; }
-  static VSSM_INLINE R loadn(const T* p, i64) { return *p; }
-  static VSSM_INLINE void store(T* p, R v) { *p = v; }
-  static VSSM_INLINE void storen(T* p, R v, i64) { *p = v; }
-  static VSSM_INLINE R exp(R x) { return std::exp(x); }
-  static VSSM_INLINE R sigmoid(R x) { return T(1) / (T(1) + std::exp(-x)); }
-  static VSSM_INLINE R softplus(R x) { return x <= T(20) ? std::log1p(std::exp(x)) : x; }
-  static VSSM_INLINE R softplus_sigmoid(R x, R* sig) {
-    *sig = x <= T(20) ? sigmoid(x) : T(1);
-    return softplus(x);
-  }
-  static VSSM_INLINE T hsum(R v) { return v; }
-};
-
-typedef float f8 __attribute__((vector_size(32), aligned(4)));
-typedef int32_t i8 __attribute__((vector_size(32), aligned(4)));
-typedef int32_t shuf8 __attribute__((vector_size(32)));
-
-struct F8 {
-  using T = float;
-  using R = f8;
-  static constexpr i64 W = 8;
-  static VSSM_INLINE R splat(float x) {
-    R zero = {};
-    return zero + x;
-  }
-  static VSSM_INLINE R load(const float* p) {
-    R v;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-  }
-  static VSSM_INLINE void store(float* p, R v) { std::memcpy(p, &v, sizeof v); }
-  static VSSM_INLINE R loadn(const float* p, i64 n) {
-    if (n >= 8) return load(p);
-    float tmp[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    for (i64 j = 0; j < n; ++j) tmp[j] = p[j];
-    return load(tmp);
-  }
-  static VSSM_INLINE void storen(float* p, R v, i64 n) {
-    if (n >= 8) return store(p, v);
-    float tmp[8];
-    store(tmp, v);
-    for (i64 j = 0; j < n; ++j) p[j] = tmp[j];
-  }
-  // exp(x) = 2^k · exp(r), k = round(x·log2 e), r = x − k·ln2 (ln2 in two parts), |r| <= ln2/2,
-  // exp(r) = 1 + r + r²·P5(r) (Cephes expf coefficients). Max error ~1 ulp for results above
-  // 2^-126; smaller results flush to 0, x >= ~88.73 gives inf, NaN propagates.
-  // kNonPos: the caller guarantees x <= 0 (or NaN), so only the lower clamp is needed.
-  template <bool kNonPos = false>
-  static VSSM_INLINE R exp(R x) {
-    R xc = x < -87.5f ? splat(-87.5f) : x;
-    if constexpr (!kNonPos) xc = xc > 89.0f ? splat(89.0f) : xc;
-    R kf = xc * 1.44269504088896341f + 12582912.0f;  // + 1.5·2^23: round to nearest integer
-    kf -= 12582912.0f;
-    R r = xc - kf * 0.693359375f;
-    r = r - kf * -2.12194440e-4f;
-    R p = splat(1.9875691500e-4f);
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.0f;
-    const i8 k = __builtin_convertvector(kf, i8);
-    const i8 bits = (k + 126) << 23;  // 2^(k−1): k = 128 stays finite, k = −126 gives 0
-    R scale;
-    std::memcpy(&scale, &bits, sizeof scale);
-    return (p + p) * scale;
-  }
-  // e^−|x| (shared by softplus and sigmoid).
-  static VSSM_INLINE R exp_neg_abs(R x) {
-    i8 b;
-    std::memcpy(&b, &x, sizeof b);
-    b |= static_cast<int32_t>(0x80000000u);
-    R nx;
-    std::memcpy(&nx, &b, sizeof nx);
-    return exp<true>(nx);
-  }
-  // log(1 + e^x) = max(x,0) + log1p(w), w = e^−|x| ∈ (0,1]; log1p(w) = 2·atanh(s) with
-  // s = w/(2+w) ∈ (0,1/3], atanh(s)/s = 1 + z·Q(z), z = s², Q a degree-3 fit on [0, 1/9]
-  // (relative error < 1e-8). Identity above 20, like torch's softplus threshold.
-  static VSSM_INLINE R softplus_w(R x, R w) {
-    const R s = w / (2.0f + w);
-    const R z = s * s;
-    const R z2 = z * z;
-    const R q = (0.1407889f * z + 0.13982579f) * z2 + (0.20012298f * z + 0.3333316f);
-    const R s2 = s + s;
-    const R lp = (s2 * z) * q + s2;
-    const R res = (x > 0.0f ? x : splat(0.0f)) + lp;
-    return x > 20.0f ? x : res;
-  }
-  // σ(x) = (x >= 0 ? 1 : w) / (1 + w), w = e^−|x|: no overflow, full relative accuracy.
-  static VSSM_INLINE R sigmoid_w(R x, R w) { return (x >= 0.0f ? splat(1.0f) : w) / (1.0f + w); }
-  static VSSM_INLINE R softplus(R x) { return softplus_w(x, exp_neg_abs(x)); }
-  static VSSM_INLINE R sigmoid(R x) { return sigmoid_w(x, exp_neg_abs(x)); }
-  static VSSM_INLINE R softplus_sigmoid(R x, R* sig) {
-    const R w = exp_neg_abs(x);
-    *sig = sigmoid_w(x, w);  // rounds to exactly 1 for x > 20 (w < 2.1e-9)
-    return softplus_w(x, w);
-  }
-  static VSSM_INLINE float hsum(R v) {
-    return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
-  }
-};
-
-template <typename T>
-struct PolicyFor;
-template <>
-struct PolicyFor<float> {
-  using type = F8;
-};
-template <>
-struct PolicyFor<double> {
-  using type = Scalar<double>;
-};
+// The arithmetic policies (common/fast_math.h): a pass is written once against P.
+using visionssm::F8;
+using visionssm::f8;
+using visionssm::PolicyFor;
+using visionssm::Scalar;
+using visionssm::scratch;
+using visionssm::shuf8;
 
 // ---------------------------------------------------------------------------------------------
 // Arguments (element strides; the time axis of every (…, L) tensor has stride 1).
@@ -275,13 +151,6 @@ inline i64 chunk_len(i64 N) {
   return t / 16 * 16;
 }
 
-// Per-thread scratch, grown on demand (never shrinks; zero-filled when grown).
-template <typename T>
-T* scratch(size_t n) {
-  thread_local std::vector<T> buf;
-  if (buf.size() < n) buf.resize(n);
-  return buf.data();
-}
 
 // ---------------------------------------------------------------------------------------------
 // Passes over one block of `len` steps. Buffers: per row (stride ldr): dt (δ), dtu (δ·u), …;
@@ -845,7 +714,7 @@ VSSM_INLINE void backward_tile(const Args<typename P::T>& p, i64 b, i64 d0, i64 
 }
 
 // ---------------------------------------------------------------------------------------------
-#include "cc/kernels/selective_scan_n1_avx2.h"  // defines use_n1_path() and n1::run_tile()
+#include "cc/kernels/selective_scan/selective_scan_n1_avx2.h"  // defines use_n1_path() and n1::run_tile()
 
 // ---------------------------------------------------------------------------------------------
 // Work units. Forward: tiles of R channels of one batch row. Backward: (slice, batch, group)
@@ -896,25 +765,6 @@ VSSM_CLONES void backward_unit_f64(const Args<double>& p, i64 unit) {
   backward_unit_impl<Scalar<double>>(p, unit);
 }
 
-// Runs units [0, n) on `threads` workers that take the next unit from a shared counter (the
-// machine may be shared, so a static split would leave a descheduled worker's share waiting).
-// Each unit writes only its own outputs, so the result does not depend on which worker ran it.
-template <typename Body>
-void run_units(i64 n, int threads, const Body& body) {
-  if (threads <= 0) threads = visionssm::max_threads();
-  const i64 workers = std::max<i64>(1, std::min<i64>(threads, n));
-  if (workers == 1) {
-    for (i64 i = 0; i < n; ++i) body(i);
-    return;
-  }
-  std::atomic<i64> next{0};
-  visionssm::parallel_for(workers, static_cast<int>(workers), [&](i64) {
-    for (i64 i = next.fetch_add(1, std::memory_order_relaxed); i < n;
-         i = next.fetch_add(1, std::memory_order_relaxed))
-      body(i);
-  });
-}
-
 // Output buffers come fresh from the allocator, so their first touch page-faults once per 4 KiB
 // page; asking for transparent huge pages on the 2 MiB-aligned interior cuts the faults 512-fold
 // (a hint only: with THP off, or "never", nothing changes).
@@ -940,179 +790,128 @@ inline void run_unit(const Args<double>& p, i64 u, bool fwd) {
   fwd ? forward_unit_f64(p, u) : backward_unit_f64(p, u);
 }
 
-// Python entry points.
+// Python entry points: one Params (selective_scan_params.h), filled from a dict as for CUDA.
 
+namespace ss = visionssm::selective_scan;
 using Ptr = std::uintptr_t;
-using Strides = std::vector<i64>;
 
-struct Dims {
-  i64 batch, dim, L, N, groups;
-};
-
-void check_strides(const char* name, const Strides& s, size_t n) {
-  VSSM_CHECK(s.size() == n, name, " needs ", n, " strides, got ", s.size());
-}
-
+// The typed view of Params the passes read (T: float or double; see DType::kFloat64).
 template <typename T>
-Args<T> make_args(const Dims& dm, bool softplus, i64 chunk, Ptr u, const Strides& us, Ptr delta,
-                  const Strides& ds, Ptr A, const Strides& As, Ptr B, const Strides& Bs, Ptr C,
-                  const Strides& Cs, Ptr D, i64 D_s, Ptr bias, i64 bias_s, Ptr z, const Strides& zs) {
-  VSSM_CHECK(dm.batch >= 0 && dm.dim >= 0 && dm.L >= 0, "sizes must be >= 0");
-  VSSM_CHECK(dm.N >= 1, "N must be >= 1, got ", dm.N);
-  VSSM_CHECK(dm.groups >= 1 && dm.dim % dm.groups == 0, "dim ", dm.dim, " must be a multiple of groups ",
-             dm.groups);
-  VSSM_CHECK(chunk >= 1, "chunk must be >= 1, got ", chunk);
-  check_strides("u", us, 2);
-  if (delta) check_strides("delta", ds, 2);  // null: a backward from the saved δ
-  check_strides("A", As, 2);
-  check_strides("B", Bs, 3);
-  check_strides("C", Cs, 3);
-  VSSM_CHECK((u && A && B && C) || dm.batch * dm.dim * dm.L == 0, "u, A, B, C must be non-null");
+Args<T> make_args(const ss::Params& q) {
+  VSSM_CHECK(q.batch >= 0 && q.dim >= 0 && q.seqlen >= 0, "sizes must be >= 0");
+  VSSM_CHECK(q.dstate >= 1, "N must be >= 1, got ", q.dstate);
+  VSSM_CHECK(q.groups >= 1 && q.dim % q.groups == 0, "dim ", q.dim, " must be a multiple of groups ",
+             q.groups);
+  VSSM_CHECK(!q.cross2d, "cross-2D is a CUDA mode; on the CPU run cross_scan, the scan, cross_merge");
+  VSSM_CHECK((q.u && q.A && q.B && q.C) || q.batch * q.dim * q.seqlen == 0, "u, A, B, C must be non-null");
   Args<T> p;
-  p.batch = dm.batch;
-  p.dim = dm.dim;
-  p.L = dm.L;
-  p.N = dm.N;
-  p.groups = dm.groups;
-  p.chunk = chunk;
-  p.softplus = softplus;
-  p.u = reinterpret_cast<const T*>(u);
-  p.u_sb = us[0];
-  p.u_sd = us[1];
-  p.delta = reinterpret_cast<const T*>(delta);
-  if (delta) {
-    p.dl_sb = ds[0];
-    p.dl_sd = ds[1];
-  }
-  p.A = reinterpret_cast<const T*>(A);
-  p.A_sd = As[0];
-  p.A_sn = As[1];
-  p.B = reinterpret_cast<const T*>(B);
-  p.B_sb = Bs[0];
-  p.B_sg = Bs[1];
-  p.B_sn = Bs[2];
-  p.C = reinterpret_cast<const T*>(C);
-  p.C_sb = Cs[0];
-  p.C_sg = Cs[1];
-  p.C_sn = Cs[2];
-  p.D = reinterpret_cast<const T*>(D);
-  p.D_s = D_s;
-  p.bias = reinterpret_cast<const T*>(bias);
-  p.bias_s = bias_s;
-  p.z = reinterpret_cast<const T*>(z);
-  if (z) {
-    check_strides("z", zs, 2);
-    p.z_sb = zs[0];
-    p.z_sd = zs[1];
-  }
+  p.batch = q.batch;
+  p.dim = q.dim;
+  p.L = q.seqlen;
+  p.N = q.dstate;
+  p.groups = q.groups;
+  p.chunk = chunk_len(q.dstate);
+  p.softplus = q.softplus;
+  p.u = static_cast<const T*>(q.u);
+  p.u_sb = q.u_batch_stride;
+  p.u_sd = q.u_dim_stride;
+  p.delta = static_cast<const T*>(q.delta);
+  p.dl_sb = q.delta_batch_stride;
+  p.dl_sd = q.delta_dim_stride;
+  p.A = reinterpret_cast<const T*>(q.A);
+  p.A_sd = q.A_dim_stride;
+  p.A_sn = q.A_state_stride;
+  p.B = static_cast<const T*>(q.B);
+  p.B_sb = q.B_batch_stride;
+  p.B_sg = q.B_group_stride;
+  p.B_sn = q.B_state_stride;
+  p.C = static_cast<const T*>(q.C);
+  p.C_sb = q.C_batch_stride;
+  p.C_sg = q.C_group_stride;
+  p.C_sn = q.C_state_stride;
+  p.D = reinterpret_cast<const T*>(q.D);
+  p.D_s = q.D_stride;
+  p.bias = reinterpret_cast<const T*>(q.delta_bias);
+  p.bias_s = q.delta_bias_stride;
+  p.z = static_cast<const T*>(q.z);
+  p.z_sb = q.z_batch_stride;
+  p.z_sd = q.z_dim_stride;
   return p;
 }
 
 // The N = 1 path's saved δ: only float32, only where that path runs.
-inline void set_saved(Args<float>& p, Ptr saved, bool fwd) {
+inline void set_saved(Args<float>& p, float* saved, bool fwd) {
   VSSM_CHECK(!saved || use_n1_path(p), "saved δ belongs to the N = 1 float32 path, which does not run here ",
              "(n1_path() is False for these sizes, or set_n1_path() changed since the forward)");
   if (fwd)
-    p.ds_out = reinterpret_cast<float*>(saved);
+    p.ds_out = saved;
   else
-    p.ds_in = reinterpret_cast<const float*>(saved);
+    p.ds_in = saved;
 }
-inline void set_saved(Args<double>&, Ptr saved, bool) {
+inline void set_saved(Args<double>&, float* saved, bool) {
   VSSM_CHECK(!saved, "saved δ belongs to the N = 1 float32 path; float64 has none");
 }
 
 template <typename T>
-void run_forward(Args<T>& p, Ptr y, Ptr last, Ptr ckpt, Ptr saved, int threads) {
-  VSSM_CHECK(y || p.L == 0 || p.batch * p.dim == 0, "y must be non-null");
+void run_forward(const ss::Params& q, int threads) {
+  Args<T> p = make_args<T>(q);
+  VSSM_CHECK(q.y || p.L == 0 || p.batch * p.dim == 0, "y must be non-null");
   VSSM_CHECK(p.delta || p.batch * p.dim * p.L == 0, "delta must be non-null");
-  set_saved(p, saved, true);
-  p.y = reinterpret_cast<T*>(y);
-  p.last = reinterpret_cast<T*>(last);
-  p.ckpt = reinterpret_cast<T*>(ckpt);
+  set_saved(p, q.saved_delta, true);
+  p.y = static_cast<T*>(q.y);
+  p.last = reinterpret_cast<T*>(q.last_state);
+  p.ckpt = reinterpret_cast<T*>(q.ckpt);
   const i64 R = rows_per_tile(p.N);
   const i64 units = p.batch * ((p.dim + R - 1) / R);
   const Args<T>& cp = p;
   advise_huge_pages(p.y, p.batch * p.dim * p.L * static_cast<i64>(sizeof(T)));
   advise_huge_pages(p.ds_out, p.batch * p.dim * p.L * static_cast<i64>(sizeof(T)));
-  run_units(units, threads, [&](i64 i) { run_unit(cp, i, true); });
+  visionssm::parallel_for_dynamic(units, threads, [&](i64 i) { run_unit(cp, i, true); });
 }
 
 template <typename T>
-void run_backward(Args<T>& p, Ptr dout, const Strides& dos, Ptr ckpt, Ptr saved, Ptr du, Ptr ddelta, Ptr dz,
-                  Ptr dA_part, Ptr dB_part, Ptr dC_part, Ptr dD_part, Ptr dbias_part, i64 slices,
-                  int threads) {
-  check_strides("dout", dos, 2);
-  set_saved(p, saved, false);
-  VSSM_CHECK(p.delta || saved || p.batch * p.dim * p.L == 0, "delta (or the saved δ) must be non-null");
-  VSSM_CHECK(slices >= 1 && slices <= std::max<i64>(1, p.cpg()), "slices must be in [1, dim/groups], got ",
-             slices);
-  VSSM_CHECK((dout && du && ddelta && dA_part && dB_part && dC_part) || p.batch * p.dim * p.L == 0,
+void run_backward(const ss::Params& q, int threads) {
+  Args<T> p = make_args<T>(q);
+  set_saved(p, q.saved_delta, false);
+  VSSM_CHECK(p.delta || q.saved_delta || p.batch * p.dim * p.L == 0, "delta (or the saved δ) must be non-null");
+  VSSM_CHECK(q.slices >= 1 && q.slices <= std::max<i64>(1, p.cpg()), "slices must be in [1, dim/groups], got ",
+             q.slices);
+  VSSM_CHECK((q.dout && q.du && q.ddelta && q.dA_part && q.dB_part && q.dC_part) || p.batch * p.dim * p.L == 0,
              "gradient buffers must be non-null");
-  VSSM_CHECK(!p.z || dz, "dz must be non-null when z is given");
+  VSSM_CHECK(!p.z || q.dz, "dz must be non-null when z is given");
   // No channel rows (batch or dim 0): nothing reads checkpoints, and an empty checkpoint tensor
   // has a null address.
-  VSSM_CHECK(ckpt || p.nblk() <= 1 || p.batch * p.dim == 0, "checkpoints are required when L > chunk");
-  p.dout = reinterpret_cast<const T*>(dout);
-  p.do_sb = dos[0];
-  p.do_sd = dos[1];
-  p.ckpt_in = reinterpret_cast<const T*>(ckpt);
-  p.du = reinterpret_cast<T*>(du);
-  p.ddelta = reinterpret_cast<T*>(ddelta);
-  p.dz = reinterpret_cast<T*>(dz);
-  p.dA_part = reinterpret_cast<T*>(dA_part);
-  p.dB_part = reinterpret_cast<T*>(dB_part);
-  p.dC_part = reinterpret_cast<T*>(dC_part);
-  p.dD_part = reinterpret_cast<T*>(dD_part);
-  p.dbias_part = reinterpret_cast<T*>(dbias_part);
-  p.slices = slices;
-  const i64 units = slices * p.batch * p.groups;
+  VSSM_CHECK(q.ckpt || p.nblk() <= 1 || p.batch * p.dim == 0, "checkpoints are required when L > chunk");
+  p.dout = static_cast<const T*>(q.dout);
+  p.do_sb = q.dout_batch_stride;
+  p.do_sd = q.dout_dim_stride;
+  p.ckpt_in = reinterpret_cast<const T*>(q.ckpt);
+  p.du = static_cast<T*>(q.du);
+  p.ddelta = static_cast<T*>(q.ddelta);
+  p.dz = static_cast<T*>(q.dz);
+  p.dA_part = reinterpret_cast<T*>(q.dA_part);
+  p.dB_part = reinterpret_cast<T*>(q.dB_part);
+  p.dC_part = reinterpret_cast<T*>(q.dC_part);
+  p.dD_part = reinterpret_cast<T*>(q.dD_part);
+  p.dbias_part = reinterpret_cast<T*>(q.dbias_part);
+  p.slices = q.slices;
+  const i64 units = p.slices * p.batch * p.groups;
   const Args<T>& cp = p;
   const i64 bytes = p.batch * p.dim * p.L * static_cast<i64>(sizeof(T));
   advise_huge_pages(p.du, bytes);
   advise_huge_pages(p.ddelta, bytes);
   advise_huge_pages(p.dz, bytes);
-  run_units(units, threads, [&](i64 i) { run_unit(cp, i, false); });
+  visionssm::parallel_for_dynamic(units, threads, [&](i64 i) { run_unit(cp, i, false); });
 }
 
-void forward(const std::string& dtype, i64 batch, i64 dim, i64 L, i64 N, i64 groups, bool softplus,
-             i64 chunk, Ptr u, const Strides& us, Ptr delta, const Strides& ds, Ptr A,
-             const Strides& As, Ptr B, const Strides& Bs, Ptr C, const Strides& Cs, Ptr D, i64 D_s,
-             Ptr bias, i64 bias_s, Ptr z, const Strides& zs, Ptr y, Ptr last, Ptr ckpt, Ptr saved,
-             int threads) {
-  const Dims dm{batch, dim, L, N, groups};
-  if (dtype == "float32") {
-    auto p = make_args<float>(dm, softplus, chunk, u, us, delta, ds, A, As, B, Bs, C, Cs, D, D_s, bias,
-                              bias_s, z, zs);
-    return run_forward(p, y, last, ckpt, saved, threads);
-  }
-  if (dtype == "float64") {
-    auto p = make_args<double>(dm, softplus, chunk, u, us, delta, ds, A, As, B, Bs, C, Cs, D, D_s, bias,
-                               bias_s, z, zs);
-    return run_forward(p, y, last, ckpt, saved, threads);
-  }
-  visionssm::fail("selective_scan forward: dtype must be float32 or float64, got ", dtype);
-}
-
-void backward(const std::string& dtype, i64 batch, i64 dim, i64 L, i64 N, i64 groups, bool softplus,
-              i64 chunk, Ptr u, const Strides& us, Ptr delta, const Strides& ds, Ptr A,
-              const Strides& As, Ptr B, const Strides& Bs, Ptr C, const Strides& Cs, Ptr D, i64 D_s,
-              Ptr bias, i64 bias_s, Ptr z, const Strides& zs, Ptr dout, const Strides& dos, Ptr ckpt,
-              Ptr saved, Ptr du, Ptr ddelta, Ptr dz, Ptr dA_part, Ptr dB_part, Ptr dC_part, Ptr dD_part,
-              Ptr dbias_part, i64 slices, int threads) {
-  const Dims dm{batch, dim, L, N, groups};
-  if (dtype == "float32") {
-    auto p = make_args<float>(dm, softplus, chunk, u, us, delta, ds, A, As, B, Bs, C, Cs, D, D_s, bias,
-                              bias_s, z, zs);
-    return run_backward(p, dout, dos, ckpt, saved, du, ddelta, dz, dA_part, dB_part, dC_part, dD_part,
-                        dbias_part, slices, threads);
-  }
-  if (dtype == "float64") {
-    auto p = make_args<double>(dm, softplus, chunk, u, us, delta, ds, A, As, B, Bs, C, Cs, D, D_s, bias,
-                               bias_s, z, zs);
-    return run_backward(p, dout, dos, ckpt, saved, du, ddelta, dz, dA_part, dB_part, dC_part, dD_part,
-                        dbias_part, slices, threads);
-  }
-  visionssm::fail("selective_scan backward: dtype must be float32 or float64, got ", dtype);
+// Parses with the GIL held, runs without it.
+void run(const pybind11::dict& args, int threads, bool backward) {
+  const ss::Params q = ss::params_from_dict(args, "selective_scan_cpu", {ss::DType::kFloat32, ss::DType::kFloat64});
+  pybind11::gil_scoped_release release;
+  if (q.dtype == ss::DType::kFloat64)
+    backward ? run_backward<double>(q, threads) : run_forward<double>(q, threads);
+  else
+    backward ? run_backward<float>(q, threads) : run_forward<float>(q, threads);
 }
 
 // The float32 elementwise math of the kernel, exposed for tests (x, out: n contiguous floats).
@@ -1135,23 +934,11 @@ PYBIND11_MODULE(selective_scan_cpu, m) {
   namespace py = pybind11;
   m.doc() = "Selective scan (S6) forward/backward on the CPU, float32 and float64.";
   m.def("chunk_len", &chunk_len, "time block length used for checkpoints, given N", py::arg("N"));
-  m.def("forward", &forward, py::arg("dtype"), py::arg("batch"), py::arg("dim"), py::arg("L"), py::arg("N"),
-        py::arg("groups"), py::arg("softplus"), py::arg("chunk"), py::arg("u"), py::arg("u_strides"),
-        py::arg("delta"), py::arg("delta_strides"), py::arg("A"), py::arg("A_strides"), py::arg("B"),
-        py::arg("B_strides"), py::arg("C"), py::arg("C_strides"), py::arg("D"), py::arg("D_stride"),
-        py::arg("bias"), py::arg("bias_stride"), py::arg("z"), py::arg("z_strides"), py::arg("y"),
-        py::arg("last_state"), py::arg("ckpt"), py::arg("saved"), py::arg("threads") = 0,
-        py::call_guard<py::gil_scoped_release>());
-  m.def("backward", &backward, py::arg("dtype"), py::arg("batch"), py::arg("dim"), py::arg("L"),
-        py::arg("N"), py::arg("groups"), py::arg("softplus"), py::arg("chunk"), py::arg("u"),
-        py::arg("u_strides"), py::arg("delta"), py::arg("delta_strides"), py::arg("A"),
-        py::arg("A_strides"), py::arg("B"), py::arg("B_strides"), py::arg("C"), py::arg("C_strides"),
-        py::arg("D"), py::arg("D_stride"), py::arg("bias"), py::arg("bias_stride"), py::arg("z"),
-        py::arg("z_strides"), py::arg("dout"), py::arg("dout_strides"), py::arg("ckpt"), py::arg("saved"),
-        py::arg("du"),
-        py::arg("ddelta"), py::arg("dz"), py::arg("dA_part"), py::arg("dB_part"), py::arg("dC_part"),
-        py::arg("dD_part"), py::arg("dbias_part"), py::arg("slices"), py::arg("threads") = 0,
-        py::call_guard<py::gil_scoped_release>());
+  m.def("forward", [](const py::dict& a, int threads) { run(a, threads, false); }, py::arg("params"),
+        py::arg("threads") = 0,
+        "y (and last_state, ckpt, saved_delta when given) from the Params dict (selective_scan_params.h)");
+  m.def("backward", [](const py::dict& a, int threads) { run(a, threads, true); }, py::arg("params"),
+        py::arg("threads") = 0, "gradients and per-row/per-slice partial sums from the Params dict");
   m.def("fast_math_f32", &fast_math_f32, py::arg("fn"), py::arg("n"), py::arg("x"), py::arg("out"),
         py::call_guard<py::gil_scoped_release>());
   m.def("max_threads", &visionssm::max_threads, "OpenMP threads available to kernels");

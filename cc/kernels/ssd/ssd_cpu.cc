@@ -22,7 +22,6 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -30,16 +29,10 @@
 #include <vector>
 
 #include "cc/kernels/common/check.h"
+#include "cc/kernels/common/clones.h"  // hot functions compiled for x86-64-v3 and the baseline
+#include "cc/kernels/common/fast_math.h"
 #include "cc/kernels/common/parallel.h"
-
-#define VSSM_INLINE inline __attribute__((always_inline))
-// Hot functions are compiled twice (x86-64-v3 = AVX2+FMA, and baseline x86-64); the loader picks by
-// CPU features (not "arch=haswell", whose resolver checks the CPU model and rejects e.g. AMD Zen).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define VSSM_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define VSSM_CLONES
-#endif
+#include "cc/kernels/common/simd.h"
 
 namespace {
 
@@ -50,14 +43,14 @@ template <typename T>
 struct Vec;
 template <>
 struct Vec<float> {
-  typedef float type __attribute__((vector_size(32)));
+  using type = visionssm::simd::vec<float, 8>;
   static constexpr int W = 8;
   static constexpr float kRange = 64.0f;
   static constexpr int kBigExp = 20;  // see rescale_block
 };
 template <>
 struct Vec<double> {
-  typedef double type __attribute__((vector_size(32)));
+  using type = visionssm::simd::vec<double, 4>;
   static constexpr int W = 4;
   static constexpr double kRange = 600.0;
   static constexpr int kBigExp = 300;
@@ -209,24 +202,17 @@ struct Problem {
   View x, dt, A, B, C, D, z, dt_bias, init;
 };
 
-template <typename T>
-VSSM_INLINE T softplus_fwd(T v) {
-  return v > T(20) ? v : std::log1p(std::exp(v));
-}
-template <typename T>
-VSSM_INLINE T softplus_grad(T v) {  // d softplus / dv with the same threshold
-  return v > T(20) ? T(1) : T(1) / (T(1) + std::exp(-v));
-}
-template <typename T>
-VSSM_INLINE T sigmoid(T v) {
-  return T(1) / (T(1) + std::exp(-v));
-}
+using visionssm::sigmoid;  // scalar helpers: common/fast_math.h
+using visionssm::softplus_grad;
 
 // In place exp on 8 floats (Cephes expf: x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial;
 // ~1-2 ulp on [-87, 88], inputs clamped there), so that sigmoid/SiLU over headdim rows vectorise.
 // n = round(x / ln2) via the 1.5 * 2^23 trick (exact for |n| < 2^22).
+// Not common/fast_math.h's F8::exp: the same polynomial, but other ends of the range (inputs clamped
+// to [-87.34, 88.38] here; F8::exp flushes results below 2^-126 to 0 and clamps at 89), so sharing
+// it would change SSD's results there.
 VSSM_INLINE void exp_v8(Vec<float>::type& x) {
-  typedef int32_t VI __attribute__((vector_size(32)));
+  using VI = visionssm::simd::vec<int32_t, 8>;
   using V = Vec<float>::type;
   const V hi = V{} + 88.3762626647949f, lo = V{} - 87.3365478515625f;
   x = x < hi ? x : hi;
@@ -344,7 +330,7 @@ struct HeadIn {
   }
   VSSM_INLINE T delta(int64_t t) const {
     const T v = raw(t);
-    return softplus ? softplus_fwd(v) : v;
+    return softplus ? visionssm::softplus(v) : v;
   }
 };
 
@@ -1051,20 +1037,6 @@ Problem make_problem(const std::vector<int64_t>& sizes, int64_t chunk_size, bool
   return pb;
 }
 
-// Runs body(task) for task in [0, n): one visionssm::parallel_for slot per thread, each pulling
-// tasks from a shared counter, so a thread that the OS deschedules (shared machines) does not
-// hold up a fixed half of the work. Each task writes its own outputs, so results do not depend
-// on which thread runs it.
-template <typename Body>
-void run_tasks(int64_t n, int threads, const Body& body) {
-  if (threads <= 0) threads = visionssm::max_threads();
-  const int64_t slots = std::max<int64_t>(1, std::min<int64_t>(threads, n));
-  std::atomic<int64_t> next{0};
-  visionssm::parallel_for(slots, static_cast<int>(slots), [&](int64_t) {
-    for (int64_t task = next.fetch_add(1); task < n; task = next.fetch_add(1)) body(task);
-  });
-}
-
 template <typename T>
 void fwd_impl(const Problem& pb, bool causal, std::uintptr_t out, std::uintptr_t pregate,
               std::uintptr_t final_states, int threads) {
@@ -1072,7 +1044,7 @@ void fwd_impl(const Problem& pb, bool causal, std::uintptr_t out, std::uintptr_t
   T* pg = reinterpret_cast<T*>(pregate);
   T* f = reinterpret_cast<T*>(final_states);
   if (pb.P == 0) return;  // y and final_states are empty
-  run_tasks(pb.batch * pb.H, threads, [&](int64_t task) {
+  visionssm::parallel_for_dynamic(pb.batch * pb.H, threads, [&](int64_t task) {
     fwd_task(pb, causal, task / pb.H, task % pb.H, o, pg, f);
   });
 }
@@ -1120,7 +1092,7 @@ void bwd_impl(const Problem& pb, bool causal, int64_t heads_per_task, const std:
     return;
   }
   if (pb.z.ptr) VSSM_CHECK(gr.pregate != nullptr, "pregate output is required when z is given");
-  run_tasks(pb.batch * gr.slots, threads, [&](int64_t task) {
+  visionssm::parallel_for_dynamic(pb.batch * gr.slots, threads, [&](int64_t task) {
     const int64_t b = task / gr.slots, s = task % gr.slots;
     for (int64_t k = 0; k < heads_per_task; ++k) bwd_task(pb, causal, gr, b, s * heads_per_task + k, s);
   });

@@ -1,7 +1,5 @@
 """The trainer end to end, as a user runs it: real data, crash + resume, DDP, bad input."""
 import json
-import os
-import pathlib
 import signal
 import socket
 import subprocess
@@ -12,17 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-ROOT = pathlib.Path(__file__).resolve().parents[3]
-# A tiny vim_mnist keeps each run to seconds on two cores.
-TINY = ["--model=vim_mnist", '--model_kwargs={"embed_dim": 32, "depth": 2}', "--batch_size=32",
-        "--limit_train=320", "--threads=1", "--progress=false", "--warmup_epochs=0.5", "--lr=3e-3"]
-
-
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    env.pop("VISIONSSM_CALLER_DIR", None)
-    return env
+from py.training.tests.support import ROOT, TINY
+from py.training.tests.support import env as _env
 
 
 def train(*args, check=True, timeout=600):
