@@ -71,7 +71,7 @@ EXTENSIONS = {
     "cross_scan_cpu": {
         "srcs": ["cross_scan/cross_scan_cpu.cc"],
         "cuda_srcs": [],
-        "hdrs": [],
+        "hdrs": ["cross_scan/cross_scan_params.h", "cross_scan/cross_scan_params_dict.h"],
         "cutlass": False,
     },
     # Not yet run on a GPU: compiled for CUDA_ARCHS, checked by the host-side index tests and the
@@ -96,7 +96,12 @@ EXTENSIONS = {
     "cross_scan_cuda": {
         "srcs": ["cross_scan/cross_scan_cuda_module.cc"],
         "cuda_srcs": ["cross_scan/cross_scan_cuda.cu"],
-        "hdrs": ["cross_scan/cross_scan_cuda.h", "cross_scan/cross_scan_layout.h"],
+        "hdrs": [
+            "cross_scan/cross_scan_cuda.h",
+            "cross_scan/cross_scan_layout.h",
+            "cross_scan/cross_scan_params.h",
+            "cross_scan/cross_scan_params_dict.h",
+        ],
         "cutlass": True,
     },
     "hello_cuda": {

@@ -38,12 +38,18 @@ def _dtype_name(t):
     return str(t.dtype).removeprefix("torch.")
 
 
+def kernel_params(inp, out, B, C, H, W):
+    """The one argument set of both backends' kernels (cc/kernels/cross_scan/cross_scan_params.h): the
+    input (x for scan, y for merge) with its strides in elements, the contiguous output, the sizes."""
+    return dict(dtype=_dtype_name(inp), batch=B, channels=C, height=H, width=W, input=inp.data_ptr(),
+                input_strides=list(inp.stride()), output=out.data_ptr())
+
+
 def _cpu_scan(x):
     B, C, H, W = x.shape
     out = torch.empty((B, 4, C, H * W), dtype=x.dtype)
     if out.numel():
-        _native.require("cross_scan_cpu").scan(_dtype_name(x), x.data_ptr(), list(x.stride()),
-                                               out.data_ptr(), B, C, H, W, torch.get_num_threads())
+        _native.require("cross_scan_cpu").scan(kernel_params(x, out, B, C, H, W), torch.get_num_threads())
     return out
 
 
@@ -51,8 +57,7 @@ def _cpu_merge(y):
     B, _, C, H, W = y.shape
     out = torch.empty((B, C, H * W), dtype=y.dtype)
     if out.numel():
-        _native.require("cross_scan_cpu").merge(_dtype_name(y), y.data_ptr(), list(y.stride()),
-                                                out.data_ptr(), B, C, H, W, torch.get_num_threads())
+        _native.require("cross_scan_cpu").merge(kernel_params(y, out, B, C, H, W), torch.get_num_threads())
     return out
 
 

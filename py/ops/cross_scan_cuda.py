@@ -3,6 +3,7 @@ with autograd (each is the other's adjoint) and the first-call self-check."""
 import torch
 
 from py.ops import _cuda_dispatch, _native
+from py.ops.cross_scan import kernel_params
 
 EXT = "cross_scan_cuda"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -12,18 +13,16 @@ def _scan(x):
     B, C, H, W = x.shape
     out = torch.empty((B, 4, C, H * W), dtype=x.dtype, device=x.device)
     if out.numel():
-        _native.require(EXT).scan(_cuda_dispatch.dtype_name(x), x.data_ptr(), list(x.stride()), out.data_ptr(),
-                                  B, C, H, W, _cuda_dispatch.stream_of(x))
+        _native.require(EXT).scan(dict(kernel_params(x, out, B, C, H, W), stream=_cuda_dispatch.stream_of(x)))
     return out
 
 
 def _merge(y):
     B, _, C, H, W = y.shape
-    y = y.contiguous()
+    y = y.contiguous()  # the merge kernel reads y densely
     out = torch.empty((B, C, H * W), dtype=y.dtype, device=y.device)
     if out.numel():
-        _native.require(EXT).merge(_cuda_dispatch.dtype_name(y), y.data_ptr(), out.data_ptr(), B, C, H, W,
-                                   _cuda_dispatch.stream_of(y))
+        _native.require(EXT).merge(dict(kernel_params(y, out, B, C, H, W), stream=_cuda_dispatch.stream_of(y)))
     return out
 
 

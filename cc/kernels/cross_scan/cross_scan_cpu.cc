@@ -23,6 +23,7 @@
 #include "cc/kernels/common/clones.h"
 #include "cc/kernels/common/parallel.h"
 #include "cc/kernels/common/scratch.h"
+#include "cc/kernels/cross_scan/cross_scan_params_dict.h"
 
 namespace {
 
@@ -152,24 +153,30 @@ void merge(const ScanArgs& a, std::uintptr_t y, std::uintptr_t out, int threads)
   });
 }
 
-void scan_entry(const std::string& dtype, std::uintptr_t x, std::vector<int64_t> x_strides,
-                std::uintptr_t out, int64_t B, int64_t C, int64_t H, int64_t W, int threads) {
-  VSSM_CHECK(B >= 0 && C >= 0 && H >= 1 && W >= 1, "bad sizes B=", B, " C=", C, " H=", H, " W=", W);
-  VSSM_CHECK(x_strides.size() == 4, "x_strides must have 4 entries (b, c, h, w)");
-  const ScanArgs a{B, C, H, W, x_strides[0], x_strides[1], x_strides[2], x_strides[3], 0};
-  if (dtype == "float32") return scan<float>(a, x, out, threads);
-  if (dtype == "float64") return scan<double>(a, x, out, threads);
-  visionssm::fail("cross_scan: dtype must be float32 or float64, got ", dtype);
+namespace cs = visionssm::cross_scan;
+
+void scan_entry(const pybind11::dict& d, int threads) {
+  const cs::Params p = cs::params_from_dict(d, 4, "cross_scan_cpu.scan");
+  const auto& st = p.input_strides;
+  VSSM_CHECK(p.batch >= 0 && p.channels >= 0 && p.height >= 1 && p.width >= 1, "bad sizes B=", p.batch,
+             " C=", p.channels, " H=", p.height, " W=", p.width);
+  pybind11::gil_scoped_release release;  // the dict is read; the kernel needs no Python
+  const ScanArgs a{p.batch, p.channels, p.height, p.width, st[0], st[1], st[2], st[3], 0};
+  if (p.dtype == cs::DType::kFloat32) return scan<float>(a, p.input, p.output, threads);
+  if (p.dtype == cs::DType::kFloat64) return scan<double>(a, p.input, p.output, threads);
+  visionssm::fail("cross_scan: the CPU kernel takes float32 or float64");
 }
 
-void merge_entry(const std::string& dtype, std::uintptr_t y, std::vector<int64_t> y_strides,
-                 std::uintptr_t out, int64_t B, int64_t C, int64_t H, int64_t W, int threads) {
-  VSSM_CHECK(B >= 0 && C >= 0 && H >= 1 && W >= 1, "bad sizes B=", B, " C=", C, " H=", H, " W=", W);
-  VSSM_CHECK(y_strides.size() == 5, "y_strides must have 5 entries (b, k, c, h, w)");
-  const ScanArgs a{B, C, H, W, y_strides[0], y_strides[2], y_strides[3], y_strides[4], y_strides[1]};
-  if (dtype == "float32") return merge<float>(a, y, out, threads);
-  if (dtype == "float64") return merge<double>(a, y, out, threads);
-  visionssm::fail("cross_merge: dtype must be float32 or float64, got ", dtype);
+void merge_entry(const pybind11::dict& d, int threads) {
+  const cs::Params p = cs::params_from_dict(d, 5, "cross_scan_cpu.merge");
+  const auto& st = p.input_strides;
+  VSSM_CHECK(p.batch >= 0 && p.channels >= 0 && p.height >= 1 && p.width >= 1, "bad sizes B=", p.batch,
+             " C=", p.channels, " H=", p.height, " W=", p.width);
+  pybind11::gil_scoped_release release;  // the dict is read; the kernel needs no Python
+  const ScanArgs a{p.batch, p.channels, p.height, p.width, st[0], st[2], st[3], st[4], st[1]};
+  if (p.dtype == cs::DType::kFloat32) return merge<float>(a, p.input, p.output, threads);
+  if (p.dtype == cs::DType::kFloat64) return merge<double>(a, p.input, p.output, threads);
+  visionssm::fail("cross_merge: the CPU kernel takes float32 or float64");
 }
 
 }  // namespace
@@ -177,13 +184,9 @@ void merge_entry(const std::string& dtype, std::uintptr_t y, std::vector<int64_t
 PYBIND11_MODULE(cross_scan_cpu, m) {
   namespace py = pybind11;
   m.doc() = "VMamba cross-scan (B,C,H,W)->(B,4,C,L) and its adjoint cross-merge, CPU kernels.";
-  m.def("scan", &scan_entry, "out (B, 4, C, H*W) contiguous <- cross_scan(x (B, C, H, W), any strides)",
-        py::arg("dtype"), py::arg("x"), py::arg("x_strides"), py::arg("out"), py::arg("B"),
-        py::arg("C"), py::arg("H"), py::arg("W"), py::arg("threads") = 0,
-        py::call_guard<py::gil_scoped_release>());
-  m.def("merge", &merge_entry,
-        "out (B, C, H*W) contiguous <- cross_merge(y (B, 4, C, H, W), any strides)", py::arg("dtype"),
-        py::arg("y"), py::arg("y_strides"), py::arg("out"), py::arg("B"), py::arg("C"), py::arg("H"),
-        py::arg("W"), py::arg("threads") = 0, py::call_guard<py::gil_scoped_release>());
+  m.def("scan", &scan_entry, "out (B, 4, C, H*W) contiguous <- cross_scan(x (B, C, H, W), any strides); "
+        "params: cross_scan_params.h", py::arg("params"), py::arg("threads") = 0);
+  m.def("merge", &merge_entry, "out (B, C, H*W) contiguous <- cross_merge(y (B, 4, C, H, W), any strides); "
+        "params: cross_scan_params.h", py::arg("params"), py::arg("threads") = 0);
   m.def("max_threads", &visionssm::max_threads, "OpenMP threads available to kernels");
 }

@@ -5,9 +5,9 @@
 #include <cstdint>
 #include <string>
 
-namespace visionssm::cross_scan {
+#include "cc/kernels/cross_scan/cross_scan_params.h"  // DType (one definition, shared with the CPU kernels)
 
-enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
+namespace visionssm::cross_scan {
 
 // x (B, C, H, W) with strides x_strides[4] -> out (B, 4, C, H*W) contiguous.
 std::string scan(DType dtype, std::uintptr_t x, const int64_t* x_strides, std::uintptr_t out, int64_t batch,

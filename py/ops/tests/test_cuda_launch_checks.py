@@ -82,17 +82,27 @@ def test_launch_without_a_gpu_is_a_clear_error():
         mod.forward(_params(), 0)
     cs = _module("cross_scan_cuda")
     with pytest.raises(RuntimeError, match=r"cross_scan_cuda.scan: CUDA error: "):
-        cs.scan("float32", 0x10000, [60, 20, 5, 1], 0x20000, 1, 3, 4, 5, 0)
+        cs.scan(_cs_params(batch=1, channels=3, height=4, width=5, input_strides=[60, 20, 5, 1]))
+
+
+def _cs_params(**changes):
+    """A cross_scan kernel_params dict (cc/kernels/cross_scan/cross_scan_params.h) with fake pointers."""
+    return dict(dict(dtype="float32", batch=1, channels=1, height=2, width=5, input=0x10000,
+                     input_strides=[10, 10, 5, 1], output=0x20000, stream=0), **changes)
 
 
 def test_cross_scan_cuda_argument_errors():
     cs = _module("cross_scan_cuda")
     with pytest.raises(ValueError, match="B, C, H, W must be >= 1"):
-        cs.scan("float32", 0x10000, [0, 0, 0, 1], 0x20000, 1, 1, 0, 5, 0)
-    with pytest.raises(ValueError, match="x_strides must have 4 entries"):
-        cs.scan("float32", 0x10000, [1, 1], 0x20000, 1, 1, 2, 5, 0)
+        cs.scan(_cs_params(height=0, input_strides=[0, 0, 0, 1]))
+    with pytest.raises(ValueError, match="input_strides must have 4 entries"):
+        cs.scan(_cs_params(input_strides=[1, 1]))
     with pytest.raises(ValueError, match="dtype must be"):
-        cs.merge("int8", 0x10000, 0x20000, 1, 1, 2, 5, 0)
+        cs.merge(_cs_params(dtype="int8", input_strides=[40, 10, 10, 5, 1]))
+    with pytest.raises(ValueError, match="params lack 'output'"):
+        cs.scan({k: v for k, v in _cs_params().items() if k != "output"})
+    with pytest.raises(ValueError, match="y must be contiguous"):
+        cs.merge(_cs_params(batch=2, input_strides=[40, 10, 10, 1, 2]))
     assert cs.num_blocks(2, 3, 33, 31) == 2 * 3 * 2 * 1
 
 
