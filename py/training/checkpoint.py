@@ -332,34 +332,3 @@ def find_good(ckpt_root, trust_pickle=False):
         except weights.WeightsError as exc:
             problems.append((cand, str(exc)))
     return None, problems
-
-
-# Compatibility for callers of the format-1 API (py/eval until it reads through py.models.weights).
-def complete_checkpoints(ckpt_root):
-    """Checkpoint directories (oldest first) that hold weights and a manifest or an old state."""
-    root = pathlib.Path(ckpt_root)
-    if not root.is_dir():
-        return []
-    return [d for d in _step_dir_names(root) if (d / weights.WEIGHT_FILES["model"]).is_file()
-            and ((d / weights.MANIFEST).is_file() or (d / OLD_STATE).is_file())]
-
-
-def load(path, trust_pickle=False):
-    """Loads one verified checkpoint directory: (model_state, ema_state or None, train_state), the
-    train state carrying the run's "config"."""
-    loaded = read_step_dir(path, trust_pickle)
-    state = dict(loaded.train_state)
-    state.setdefault("config", loaded.config)
-    return loaded.model_state, loaded.ema_state, state
-
-
-def find_resumable(ckpt_root, trust_pickle=False):
-    """The newest checkpoint that verifies: (path, (model_state, ema_state, train_state)) or (None, None)."""
-    loaded, problems = find_good(ckpt_root, trust_pickle)
-    for cand, reason in problems:
-        log.warning("skipping checkpoint %s: %s", cand, reason)
-    if loaded is None:
-        return None, None
-    state = dict(loaded.train_state)
-    state.setdefault("config", loaded.config)
-    return loaded.path, (loaded.model_state, loaded.ema_state, state)

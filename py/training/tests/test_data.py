@@ -67,12 +67,14 @@ def test_atomic_checkpoint_and_fallback(tmp_path):
     checkpoint.save(tmp_path, 1, state, None, _train_state(1), {"seed": 1}, keep=2)
     checkpoint.save(tmp_path, 2, {"w": state["w"] + 1}, state, _train_state(2), {"seed": 1}, keep=2)
     checkpoint.save(tmp_path, 3, {"w": state["w"] + 2}, None, _train_state(3), {"seed": 1}, keep=2)
-    assert [d.name for d in checkpoint.complete_checkpoints(tmp_path)] == ["step_000000002", "step_000000003"]
+    assert [d.name for d in checkpoint.checkpoint_dirs(tmp_path)] == ["step_000000003", "step_000000002"]
     # Corrupt the newest: resume falls back to the previous one.
     (tmp_path / "step_000000003" / "model.safetensors").write_bytes(b"garbage")
-    path, (model, ema, train_state) = checkpoint.find_resumable(tmp_path)
-    assert path.name == "step_000000002" and train_state["global_step"] == 2 and train_state["config"] == {"seed": 1}
-    assert torch.equal(model["w"], state["w"] + 1) and torch.equal(ema["w"], state["w"])
+    loaded, problems = checkpoint.find_good(tmp_path)
+    assert [d.name for d, _ in problems] == ["step_000000003"]
+    assert loaded.path.name == "step_000000002" and loaded.train_state["global_step"] == 2
+    assert loaded.config == {"seed": 1}
+    assert torch.equal(loaded.model_state["w"], state["w"] + 1) and torch.equal(loaded.ema_state["w"], state["w"])
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir() if p.is_dir())
 
 

@@ -62,10 +62,10 @@ def test_kill9_then_resume_equals_uninterrupted_run(tmp_path):
     proc.wait()
     # Every checkpoint directory left behind is complete and loadable.
     from py.training import checkpoint
-    saved = checkpoint.complete_checkpoints(out / "checkpoints")
+    saved = checkpoint.checkpoint_dirs(out / "checkpoints")
     assert saved
     for d in saved:
-        checkpoint.load(d)
+        checkpoint.read_step_dir(d)
     killed_at = int(latest.read_text().strip().split("_")[1])
 
     res = train(*common, f"--output={out}", "--resume=auto")
