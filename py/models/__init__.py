@@ -10,6 +10,7 @@ import contextlib
 
 from py.models import dyvm, pvmamba, vim, vmamba  # noqa: F401  (registers the models)
 from py.models import weights  # noqa: F401  (the one weights path: py.models.weights.read/load_into)
+from py.models.features import layer_ids
 from py.models.flops import count_flops
 from py.models.registry import create_model, imagenet_cfg, list_models, load_checkpoint, register_model
 from py.models.tasks import build_task
@@ -26,5 +27,5 @@ def export_mode(model):
         yield model
 
 
-__all__ = ["build_task", "count_flops", "create_model", "export_mode", "imagenet_cfg", "list_models", "load_checkpoint",
-           "register_model"]
+__all__ = ["build_task", "count_flops", "create_model", "export_mode", "imagenet_cfg", "layer_ids", "list_models",
+           "load_checkpoint", "register_model"]

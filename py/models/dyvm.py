@@ -272,6 +272,13 @@ class DyVM(VisionMamba):
         self._eval_gate_sum, self._eval_gate_count = 0.0, 0
         return report
 
+    def _layer_id(self, name):
+        # Score predictor k decides which tokens layer pruning_loc[k] sees: it shares that layer's id.
+        parts = name.split(".")
+        if parts[0] == "score_predictor":
+            return self.pruning_loc[int(parts[1])] + 1
+        return super()._layer_id(name)
+
     def reset_block_heads(self, bias=5.0):
         """w = 0, b = bias for every block_head (DyVM main.py after loading the Vim checkpoint)."""
         for layer in self.layers:

@@ -16,7 +16,7 @@ import torch
 from timm.models._features import FeatureInfo, feature_take_indices
 
 __all__ = ["FeatureInfo", "feature_take_indices", "take_indices", "check_output_fmt", "nchw_to",
-           "checkpointed"]
+           "checkpointed", "layer_ids", "stage_layer_ids"]
 
 
 def take_indices(num_taps, indices):
@@ -43,3 +43,44 @@ def checkpointed(fn, *args, enabled=True):
     if enabled and torch.is_grad_enabled():
         return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
     return fn(*args)
+
+
+def stage_layer_ids(model, stem=("patch_embed",)):
+    """{parameter name: layer id} of a hierarchical model whose `layers` are stages with `blocks`
+    (VMamba, PVMamba), for layer-wise lr decay: the stem 0, the blocks numbered 1, 2, ... across the
+    stages in order, a stage's downsample with the first block of the next stage (it feeds that
+    block), anything else (final norm, head) last = total blocks + 1."""
+    depths = [len(stage.blocks) for stage in model.layers]
+    last = sum(depths) + 1
+    ids = {}
+    for name, _ in model.named_parameters():
+        parts = name.split(".")
+        if parts[0] in stem:
+            ids[name] = 0
+        elif parts[0] == "layers":
+            s = int(parts[1])
+            first = 1 + sum(depths[:s])
+            ids[name] = first + int(parts[3]) if parts[2] == "blocks" else first + depths[s]
+            ids[name] = min(ids[name], last)
+        else:
+            ids[name] = last
+    return ids
+
+
+def layer_ids(model):
+    """(ids, num_layers): {parameter name: layer id} from the family's `layer_ids()` (embeddings 0,
+    its layers in order, head last = num_layers - 1) for layer-wise lr decay, checked to cover every
+    parameter, the embeddings at 0. A model without `layer_ids` is a TypeError."""
+    fn = getattr(model, "layer_ids", None)
+    if fn is None:
+        raise TypeError(f"{type(model).__name__} has no layer_ids(): layer-wise lr decay needs the family's "
+                        "layer numbering (py/models)")
+    ids = fn()
+    names = [n for n, _ in model.named_parameters()]
+    missing = [n for n in names if n not in ids]
+    if missing:
+        raise ValueError(f"{type(model).__name__}.layer_ids() misses parameters {missing[:5]}")
+    num_layers = max(ids.values()) + 1
+    if min(ids.values()) != 0:
+        raise ValueError(f"{type(model).__name__}.layer_ids(): the embeddings must be layer 0")
+    return ids, num_layers

@@ -71,7 +71,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_, to_2tuple
 
 from py.models import interop
-from py.models.features import FeatureInfo, check_output_fmt, checkpointed, take_indices
+from py.models.features import FeatureInfo, check_output_fmt, checkpointed, stage_layer_ids, take_indices
 from py.models.registry import imagenet_cfg, register_model
 
 __all__ = ["PVMamba", "PVMambaBlock", "PVMambaMixer", "SpatialAdaptiveSampler", "Attention",
@@ -527,6 +527,11 @@ class PVMamba(nn.Module):
     @torch.jit.ignore
     def no_weight_decay(self):
         return {n for n, p in self.named_parameters() if getattr(p, "_no_weight_decay", False)}
+
+    def layer_ids(self):
+        """{parameter name: layer id} for layer-wise lr decay: stem 0, blocks 1.. across the stages,
+        head last (py.models.features.stage_layer_ids)."""
+        return stage_layer_ids(self)
 
     def get_classifier(self):
         return self.head

@@ -3,6 +3,7 @@
     task = py.models.build_task(model, teacher=teacher, label_smoothing=0.1)
     loss, logits = task.loss(model_or_wrapper, images, targets)    # targets: (B,) labels or (B, C) soft
     row.update(task.epoch_report(model, images))                     # extra per-epoch metrics ({} usually)
+    task = py.models.build_task(model, mesa=1.0)                     # MESA: task.loss(..., ema=ema_module)
 
 The trainer, the profiler and export call this interface; which family needs what (DyVM: its own
 objective with a teacher, keep-ratio and GFLOPs reports) is known only here, in py/models.
@@ -10,7 +11,7 @@ objective with a teacher, keep-ratio and GFLOPs reports) is known only here, in 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ClassificationTask", "DyVMTask", "build_task"]
+__all__ = ["ClassificationTask", "DyVMTask", "MesaTask", "build_task", "mesa_term"]
 
 
 class ClassificationTask:
@@ -52,9 +53,38 @@ class DyVMTask(ClassificationTask):
         return report
 
 
-def build_task(model, teacher=None, label_smoothing=0.0):
-    """The task object for `model` (unwrapped: not DDP/compiled)."""
+class MesaTask:
+    """MESA (EMA self-distillation, as in PVMamba's/VSSD's classification/main.py): the wrapped task's
+    loss + weight · SoftCE(logits, softmax(EMA logits)), the EMA logits from the EMA model in eval mode
+    under inference_mode. `ema` (the EMA module, or None while MESA is not yet on) is passed per call:
+    the caller decides from when (PVMamba: from epoch 0.25·epochs on)."""
+
+    def __init__(self, task, weight):
+        self.task, self.weight = task, weight
+
+    def loss(self, model, images, targets, ema=None):
+        loss, logits = self.task.loss(model, images, targets)
+        if ema is None or self.weight == 0:
+            return loss, logits
+        return loss + self.weight * mesa_term(logits, ema, images), logits
+
+    def epoch_report(self, model, images=None):
+        return self.task.epoch_report(model, images)
+
+
+def mesa_term(logits, ema, images):
+    """SoftCE(logits, softmax(ema(images))): mean over the batch of -Σ_c p_ema,c · log_softmax(logits)_c."""
+    was_training = ema.training
+    ema.eval()
+    with torch.inference_mode():
+        ema_logits = ema(images)
+    ema.train(was_training)
+    target = F.softmax(ema_logits.float().clone(), dim=-1)  # clone: inference tensors cannot enter autograd
+    return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+
+
+def build_task(model, teacher=None, label_smoothing=0.0, mesa=0.0):
+    """The task object for `model` (unwrapped: not DDP/compiled); mesa > 0 adds MESA with that weight."""
     from py.models.dyvm import DyVM
-    if isinstance(model, DyVM):
-        return DyVMTask(model, teacher, label_smoothing)
-    return ClassificationTask(label_smoothing)
+    task = DyVMTask(model, teacher, label_smoothing) if isinstance(model, DyVM) else ClassificationTask(label_smoothing)
+    return MesaTask(task, mesa) if mesa > 0 else task

@@ -282,6 +282,20 @@ class VisionMamba(nn.Module):
     def no_weight_decay(self):
         return {"pos_embed", "cls_token"}
 
+    def layer_ids(self):
+        """{parameter name: layer id} for layer-wise lr decay, numbered as BEiT's and Vim's seg/det
+        fine-tuning code intends: patch embedding, class token and position embeddings 0, layer i
+        i + 1, the final norm and head depth + 1 (py.models.features.layer_ids)."""
+        return {name: self._layer_id(name) for name, _ in self.named_parameters()}
+
+    def _layer_id(self, name):
+        parts = name.split(".")
+        if parts[0] in ("patch_embed", "cls_token", "pos_embed"):
+            return 0
+        if parts[0] == "layers":
+            return int(parts[1]) + 1
+        return len(self.layers) + 1
+
     def get_classifier(self):
         return self.head
 

@@ -47,7 +47,7 @@ import torch.utils.checkpoint
 from timm.layers import DropPath, LayerNorm2d, trunc_normal_
 
 from py.models import interop
-from py.models.features import FeatureInfo, check_output_fmt, nchw_to, take_indices
+from py.models.features import FeatureInfo, check_output_fmt, nchw_to, stage_layer_ids, take_indices
 from py.models.registry import imagenet_cfg, register_model
 from py.ops.cross_scan import cross_merge, cross_scan
 from py.ops.selective_scan import selective_scan
@@ -434,6 +434,11 @@ class VMamba(nn.Module):
     @torch.jit.ignore
     def no_weight_decay(self):
         return {n for n, p in self.named_parameters() if getattr(p, "_no_weight_decay", False)}
+
+    def layer_ids(self):
+        """{parameter name: layer id} for layer-wise lr decay: stem 0, blocks 1.. across the stages,
+        head last (py.models.features.stage_layer_ids)."""
+        return stage_layer_ids(self)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable=True):

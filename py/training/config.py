@@ -45,6 +45,8 @@ flags.DEFINE_float("min_lr", 1e-5, "final learning rate of the cosine schedule (
 flags.DEFINE_float("warmup_epochs", 1.0, "linear warmup length in epochs (0 <= warmup_epochs <= epochs)")
 flags.DEFINE_float("warmup_lr", 1e-6, "learning rate at step 0")
 flags.DEFINE_float("weight_decay", 0.05, "AdamW weight decay (none on norms, biases, A_log, D, embeddings)")
+flags.DEFINE_float("layer_decay", 1.0, "layer-wise lr decay, in (0, 1] (1: off): layer i of L (embeddings 0, "
+                   "head L-1, per family: py.models.layer_ids) trains at lr × layer_decay^(L-1-i)")
 flags.DEFINE_float("clip_grad", 5.0, "max gradient norm (0: off)")
 flags.DEFINE_float("drop_path", 0.0, "stochastic depth rate passed to the model as drop_path_rate, in [0, 1)")
 flags.DEFINE_float("label_smoothing", 0.0, "label smoothing, in [0, 1) (ignored when mixup/cutmix are on)")
@@ -52,7 +54,18 @@ flags.DEFINE_float("mixup", 0.0, "mixup alpha (0: off; on needs an even --batch_
 flags.DEFINE_float("cutmix", 0.0, "cutmix alpha (0: off; on needs an even --batch_size)")
 flags.DEFINE_string("randaug", "", "timm RandAugment spec for ImageFolder data, e.g. rand-m9-mstd0.5-inc1")
 flags.DEFINE_float("reprob", 0.0, "random erasing probability for ImageFolder data, in [0, 1]")
+flags.DEFINE_float("color_jitter", 0.4, "colour jitter strength for ImageFolder data, >= 0 (timm's "
+                   "create_transform; like timm it applies only while --randaug is off, as in the DeiT and "
+                   "Swin pipelines)")
+flags.DEFINE_integer("repeated_aug", 0, "repeated augmentation (DeiT: 3): each sample this many times per "
+                     "epoch, differently augmented, the copies on different processes; 0 or 1: off")
 flags.DEFINE_float("ema_decay", 0.0, "EMA decay of the weights, in [0, 1) (0: off), evaluated alongside the model")
+flags.DEFINE_bool("mesa", False, "MESA (EMA self-distillation, PVMamba/VSSD): from epoch --mesa_start × epochs "
+                  "on, loss += --mesa_weight × soft cross-entropy against the EMA model's eval-mode softmax; "
+                  "needs --ema_decay")
+flags.DEFINE_float("mesa_weight", 1.0, "MESA loss weight, >= 0 (upstream --mesa_value)")
+flags.DEFINE_float("mesa_start", 0.25, "MESA starts at epoch ceil(mesa_start × epochs) (0-based: the first "
+                   "epoch e with e >= mesa_start × epochs), in [0, 1]")
 flags.DEFINE_enum("amp", "none", ["none", "bf16", "fp16"], "autocast dtype (fp16 uses a GradScaler; CUDA only)")
 flags.DEFINE_bool("compile", False, "torch.compile the model")
 flags.DEFINE_bool("deterministic", False, "deterministic algorithms (same seed ⇒ same weights, also across resume)")
@@ -277,6 +290,7 @@ def build(values):
     _check_float(cfg, "warmup_lr", 0.0)
     _check_float(cfg, "warmup_epochs", 0.0, float(cfg["epochs"]))
     _check_float(cfg, "weight_decay", 0.0)
+    _check_float(cfg, "layer_decay", 0.0, 1.0, lo_open=True)
     _check_float(cfg, "clip_grad", 0.0)
     _check_float(cfg, "drop_path", 0.0, 1.0, hi_open=True)
     _check_float(cfg, "label_smoothing", 0.0, 1.0, hi_open=True)
@@ -287,6 +301,13 @@ def build(values):
                           f"got {cfg['batch_size']}")
     _check_float(cfg, "reprob", 0.0, 1.0)
     _check_float(cfg, "ema_decay", 0.0, 1.0, hi_open=True)
+    _check_float(cfg, "color_jitter", 0.0)
+    _check_int(cfg, "repeated_aug", 0, 64)
+    _check_float(cfg, "mesa_weight", 0.0)
+    _check_float(cfg, "mesa_start", 0.0, 1.0)
+    if cfg["mesa"] and cfg["ema_decay"] == 0:
+        raise ConfigError(f"{_flag('mesa')} distils from the EMA model and needs --ema_decay > 0 "
+                          "(PVMamba's recipe: 0.9999)")
     if cfg["randaug"]:
         try:
             from timm.data import create_transform

@@ -101,10 +101,13 @@ class TensorImageDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i):
+        # i + c·N is the c-th repeated-augmentation copy of image i (EpochSampler tag_copies): its own shift.
+        copy, i = divmod(int(i), len(self.labels))
         x = self.images[i].float().div_(255.0)[None]  # (1, H, W)
         if self.train and self.pad:
             x = torch.nn.functional.pad(x, (self.pad,) * 4)
-            g = torch.Generator().manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(i)) % _SEED_MOD)
+            g = torch.Generator().manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i
+                                               + copy * 1_000_000_007) % _SEED_MOD)
             dy, dx = torch.randint(0, 2 * self.pad + 1, (2,), generator=g).tolist()
             x = x[:, dy:dy + self.images.shape[1], dx:dx + self.images.shape[2]]
         if x.shape[-1] != self.img_size:
@@ -133,11 +136,20 @@ class EpochSampler(torch.utils.data.Sampler):
     The permutation depends only on (seed, epoch); rank r takes every world-th index of it (padded
     by wrapping so all ranks see the same count), so 1 process with the global batch and N
     processes with global/N each see the same samples per step.
+
+    repeats > 1 is repeated augmentation (DeiT's RASampler, timm's RepeatAugSampler): each index of
+    the permutation `repeats` times in a row, dealt round-robin, so with >= `repeats` processes the
+    copies of a sample go to different ranks (and batches); the epoch keeps its length (n/world per
+    rank), so it covers the first n/repeats of the permutation. DeiT also rounds that length down to
+    a multiple of 256/world, which only drops a remainder; here it is ceil(n/world) as without
+    repeats. tag_copies yields copy c of index i as i + c·n, for datasets whose augmentation is a
+    pure function of the index (MNIST-5k), so the copies are augmented differently.
     """
 
-    def __init__(self, n, shuffle=True, seed=0, rank=0, world_size=1):
+    def __init__(self, n, shuffle=True, seed=0, rank=0, world_size=1, repeats=1, tag_copies=False):
         self.n, self.shuffle, self.seed = n, shuffle, seed
         self.rank, self.world_size = rank, world_size
+        self.repeats, self.tag_copies = max(1, int(repeats)), tag_copies
         self.epoch, self.start = 0, 0
         # Training pads by wrapping so every rank takes the same number of steps; evaluation does not
         # pad (each sample is counted once; metrics are summed across ranks).
@@ -153,9 +165,14 @@ class EpochSampler(torch.utils.data.Sampler):
             order = torch.randperm(self.n, generator=g)
         else:
             return torch.arange(self.rank, self.n, self.world_size)
+        if self.repeats > 1:
+            copies = torch.arange(self.repeats).repeat(self.n)
+            order = order.repeat_interleave(self.repeats)
+            if self.tag_copies:
+                order = order + copies * self.n
         total = self.per_rank * self.world_size
-        if total > self.n:
-            order = torch.cat([order, order[: total - self.n]])
+        if total > len(order):
+            order = torch.cat([order, order[: total - len(order)]])
         return order[self.rank:total:self.world_size]
 
     def __iter__(self):

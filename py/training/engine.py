@@ -166,7 +166,7 @@ def train_one_epoch(ctx, epoch, loader, start_step_in_epoch, running, on_step_en
         elapsed = time.perf_counter() - t0
         progress.update(1)
         progress.set_postfix(loss=f"{running['loss_sum'] / max(1, running['count']):.4f}",
-                             lr=f"{ctx.optimizer.param_groups[0]['lr']:.2e}",
+                             lr=f"{max(g['lr'] for g in ctx.optimizer.param_groups):.2e}",
                              img_s=f"{images_seen * ctx.world_size / max(elapsed, 1e-9):.0f}")
         if on_step_end(step_in_epoch):
             progress.close()

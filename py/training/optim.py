@@ -14,18 +14,42 @@ def _no_decay(name, param):
     return param.ndim <= 1 or name.endswith(".bias") or leaf in NO_DECAY_NAMES
 
 
-def param_groups(model, weight_decay):
-    """Two AdamW groups: decayed weights, and norms/biases/A_log/D/embeddings without decay."""
-    decay, no_decay = [], []
+def param_groups(model, weight_decay, layer_decay=1.0):
+    """AdamW groups: decayed weights, and norms/biases/A_log/D/embeddings without decay.
+
+    layer_decay < 1 (layer-wise lr decay, BEiT/timm style) splits both by the family's layer ids
+    (py.models.layer_ids: embeddings 0, layers in order, head last = L - 1); group "lr_scale" is
+    layer_decay ** (L - 1 - id), so the head trains at the full lr and the embeddings at the least."""
+    if layer_decay == 1.0:
+        ids, num_layers = None, 1
+    else:
+        from py.models import layer_ids
+        ids, num_layers = layer_ids(model)
+    groups = {}
     for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if _no_decay(name, p) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+        if not p.requires_grad:
+            continue
+        layer = ids[name] if ids is not None else 0
+        no_decay = _no_decay(name, p)
+        key = (layer, no_decay)
+        if key not in groups:
+            groups[key] = {"params": [], "weight_decay": 0.0 if no_decay else weight_decay,
+                           "lr_scale": layer_decay ** (num_layers - 1 - layer), "layer_id": layer}
+        groups[key]["params"].append(p)
+    if ids is None:  # the two groups always exist (and in this order), as the optimizer state expects
+        for no_decay in (False, True):
+            groups.setdefault((0, no_decay), {"params": [], "weight_decay": 0.0 if no_decay else weight_decay,
+                                              "lr_scale": 1.0, "layer_id": 0})
+    return [groups[k] for k in sorted(groups)]
 
 
-def build_optimizer(model, lr, weight_decay, betas=(0.9, 0.999), eps=1e-8):
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps)
+def build_optimizer(model, lr, weight_decay, betas=(0.9, 0.999), eps=1e-8, layer_decay=1.0):
+    return torch.optim.AdamW(param_groups(model, weight_decay, layer_decay), lr=lr, betas=betas, eps=eps)
+
+
+def peak_group_lr(optimizer):
+    """The schedule's lr: that of the groups at lr_scale 1 (with layer decay, the head's)."""
+    return max(g["lr"] for g in optimizer.param_groups)
 
 
 class WarmupCosine:
@@ -51,5 +75,5 @@ class WarmupCosine:
     def set_step(self, step):
         lr = self.lr_at(step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr

@@ -218,7 +218,8 @@ class Trainer:
         else:
             from timm.data import create_transform
             train_tf = create_transform(cfg["img_size"], is_training=True, auto_augment=cfg["randaug"] or None,
-                                        re_prob=cfg["reprob"], interpolation="bicubic")
+                                        color_jitter=cfg["color_jitter"], re_prob=cfg["reprob"],
+                                        interpolation="bicubic")
             val_tf = data.imagefolder_eval_transform(cfg["img_size"])
             self.train_set, self.val_set = data.imagefolder_datasets(cfg["data_path"], train_tf, val_tf)
             self.train_set.check_readable("train")
@@ -230,7 +231,8 @@ class Trainer:
             raise config.ConfigError("the training set is empty")
         workers = cfg["num_workers"] if cfg["num_workers"] is not None else (
             0 if cfg["dataset"] == "mnist5k" else data.num_workers_default())
-        self.train_sampler = data.EpochSampler(len(self.train_set), True, cfg["seed"], self.rank, self.world_size)
+        self.train_sampler = data.EpochSampler(len(self.train_set), True, cfg["seed"], self.rank, self.world_size,
+                                               repeats=cfg["repeated_aug"], tag_copies=cfg["dataset"] == "mnist5k")
         self.val_sampler = data.EpochSampler(len(self.val_set), False, 0, self.rank, self.world_size)
         loader = lambda ds, sampler, drop: torch.utils.data.DataLoader(
             ds, batch_size=cfg["batch_size"], sampler=sampler, num_workers=workers, drop_last=drop,
@@ -284,7 +286,9 @@ class Trainer:
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
         # The model's training objective and per-epoch reports (py/models/tasks.py).
-        self.task = models.build_task(self.unwrapped, teacher=self.teacher, label_smoothing=cfg["label_smoothing"])
+        self.task = models.build_task(self.unwrapped, teacher=self.teacher, label_smoothing=cfg["label_smoothing"],
+                                      mesa=cfg["mesa_weight"] if cfg["mesa"] else 0.0)
+        self.mesa_on = False  # set per epoch (run): MESA from epoch mesa_start × epochs on
         model = self.unwrapped
         if cfg["compile"]:
             model = torch.compile(model)
@@ -304,7 +308,11 @@ class Trainer:
 
     def _setup_optimisation(self):
         cfg = self.cfg
-        self.optimizer = optim.build_optimizer(self.unwrapped, cfg["lr"], cfg["weight_decay"])
+        try:
+            self.optimizer = optim.build_optimizer(self.unwrapped, cfg["lr"], cfg["weight_decay"],
+                                                   layer_decay=cfg["layer_decay"])
+        except (TypeError, ValueError) as exc:  # a model without the family's layer numbering
+            raise config.ConfigError(f"--layer_decay={cfg['layer_decay']} with --model={cfg['model']}: {exc}")
         # --max_steps stops a run early; the schedule always spans --epochs, so a run stopped there
         # and resumed follows exactly the uninterrupted run.
         total = self.steps_per_epoch * cfg["epochs"]
@@ -317,7 +325,14 @@ class Trainer:
 
     # -- pieces used by the engine -----------------------------------------------------------
     def compute_loss(self, images, targets, soft_targets):
-        return self.task.loss(self.model, images, targets if soft_targets is None else soft_targets)
+        targets = targets if soft_targets is None else soft_targets
+        if self.mesa_on:
+            return self.task.loss(self.model, images, targets, ema=self.ema.module)
+        return self.task.loss(self.model, images, targets)
+
+    def mesa_active(self, epoch):
+        """MESA's loss term is on in this 0-based epoch (upstream: epoch >= mesa_start · epochs)."""
+        return bool(self.cfg["mesa"]) and epoch >= self.cfg["mesa_start"] * self.cfg["epochs"]
 
     def progress_bar(self, **kwargs):
         from tqdm import tqdm
@@ -401,6 +416,7 @@ class Trainer:
             self.train_sampler.set_epoch(epoch, start_step * cfg["batch_size"] * cfg["accum_steps"])
             if hasattr(self.train_set, "set_epoch"):
                 self.train_set.set_epoch(epoch)
+            self.mesa_on = self.mesa_active(epoch)
             state = {"stop": False}
 
             def on_step_end(step_in_epoch, epoch=epoch, running=running, state=state):
@@ -453,13 +469,15 @@ class Trainer:
         top1, top5, val_loss, per_class = engine.evaluate(self.model, self.val_loader, self.device, cfg["amp"],
                                                           self.num_classes, stats=val_stats)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / max(count, 1), "val_top1": top1, "val_top5": top5,
-               "val_loss": val_loss, "lr": self.optimizer.param_groups[0]["lr"],
+               "val_loss": val_loss, "lr": optim.peak_group_lr(self.optimizer),
                "img_per_s": images / max(running["seconds"], 1e-9), "seconds": running["seconds"],
                "step": self.global_step, "skipped_steps": int(skipped), "train_images": int(count),
                "val_images": val_stats["images"], "train_skipped_images": int(train_unreadable),
                "val_skipped_images": val_stats["skipped_images"]}
         if partial:
             row["partial"] = True  # stopped by --max_steps inside this epoch
+        if cfg["mesa"]:
+            row["mesa"] = self.mesa_on
         if self.mixup is None:
             row["train_top1"] = 100.0 * correct / max(count, 1)
         if self.ema is not None:
