@@ -14,6 +14,11 @@ BACKENDS = ("auto", "reference", "cpu", "cuda")
 _warned = set()
 
 
+def dtype_name(t):
+    """The name the kernels take for a tensor's (or a dtype's) dtype: "float32", "bfloat16", ..."""
+    return str(getattr(t, "dtype", t)).removeprefix("torch.")
+
+
 def check_tensor(name, t, ndim=None, dtypes=None, shape_doc=None, optional=False):
     """Raises TypeError/ValueError naming `name` unless t is a tensor of `ndim` dims and a dtype in `dtypes`."""
     if t is None:
@@ -26,7 +31,7 @@ def check_tensor(name, t, ndim=None, dtypes=None, shape_doc=None, optional=False
         raise ValueError(f"{name} must be {ndim}-D{f' {shape_doc}' if shape_doc else ''}, "
                          f"got shape {tuple(t.shape)}")
     if dtypes is not None and t.dtype not in dtypes:
-        names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+        names = ", ".join(dtype_name(d) for d in dtypes)
         raise TypeError(f"{name} must have dtype in ({names}), got {t.dtype}")
 
 

@@ -9,11 +9,9 @@ import warnings
 
 import torch
 
+from py.ops import _common
+
 _VERIFIED = {}  # (op, dtype, device) -> bool
-
-
-def dtype_name(t):
-    return str(t.dtype).removeprefix("torch.")
 
 
 def stream_of(t):
@@ -29,7 +27,7 @@ def check_cuda_tensors(op, dtypes, **tensors):
     if first.device.type != "cuda":
         raise ValueError(f"{op}: backend='cuda' needs CUDA tensors, got {first_name} on {first.device}")
     if first.dtype not in dtypes:
-        names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+        names = ", ".join(_common.dtype_name(d) for d in dtypes)
         raise TypeError(f"{op}: the CUDA kernel takes {first_name} with dtype in ({names}), got {first.dtype}")
     for name, t in items[1:]:
         if t.device != first.device:

@@ -34,14 +34,10 @@ def cross_merge_reference(y):
 # ------------------------------------------------------------------------------------------------
 # Kernel binding
 
-def _dtype_name(t):
-    return str(t.dtype).removeprefix("torch.")
-
-
 def kernel_params(inp, out, B, C, H, W):
     """The one argument set of both backends' kernels (cc/kernels/cross_scan/cross_scan_params.h): the
     input (x for scan, y for merge) with its strides in elements, the contiguous output, the sizes."""
-    return dict(dtype=_dtype_name(inp), batch=B, channels=C, height=H, width=W, input=inp.data_ptr(),
+    return dict(dtype=_common.dtype_name(inp), batch=B, channels=C, height=H, width=W, input=inp.data_ptr(),
                 input_strides=list(inp.stride()), output=out.data_ptr())
 
 

@@ -80,10 +80,6 @@ def _cfg_lists(cfg):
     return [N, H, W, Ho, Wo, P], [kh, kw, sh, sw, ph, pw, dh, dw], G, D, s, rc
 
 
-def _dtype_name(t):
-    return str(t.dtype).removeprefix("torch.")
-
-
 def _channels_unit_stride(t):
     # Not .contiguous(): it keeps any stride of a size-1 dim (C = 1) and every stride of an empty
     # tensor (the stride-0 gradient of an empty output's sum), which the kernel rejects.
@@ -95,7 +91,7 @@ def _cpu_forward(value, offset_mask, cfg):
     value = _channels_unit_stride(value)
     out = torch.empty(shape[0], shape[3], shape[4], G * D, dtype=value.dtype)
     _native.require("dcnv4_cpu").forward(
-        _dtype_name(value), value.data_ptr(), list(value.stride()), offset_mask.data_ptr(),
+        _common.dtype_name(value), value.data_ptr(), list(value.stride()), offset_mask.data_ptr(),
         list(offset_mask.stride()), out.data_ptr(), shape, conv, G, D, float(s), bool(rc),
         torch.get_num_threads())
     return out
@@ -108,7 +104,7 @@ def _cpu_backward(value, offset_mask, grad_out, cfg):
     grad_value = torch.empty(value.shape, dtype=value.dtype)
     grad_om = torch.empty(offset_mask.shape, dtype=offset_mask.dtype)
     _native.require("dcnv4_cpu").backward(
-        _dtype_name(value), value.data_ptr(), list(value.stride()), offset_mask.data_ptr(),
+        _common.dtype_name(value), value.data_ptr(), list(value.stride()), offset_mask.data_ptr(),
         list(offset_mask.stride()), grad_out.data_ptr(), list(grad_out.stride()),
         grad_value.data_ptr(), grad_om.data_ptr(), shape, conv, G, D, float(s), bool(rc),
         torch.get_num_threads())

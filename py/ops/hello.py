@@ -28,7 +28,7 @@ def axpy_(y, x, alpha=1.0, backend="auto"):
     if backend == "reference":
         return axpy_reference(y, x, alpha)
     if backend == "cpu":
-        _native.require("hello_cpu").axpy(str(y.dtype).removeprefix("torch."), y.numel(), float(alpha),
+        _native.require("hello_cpu").axpy(_common.dtype_name(y), y.numel(), float(alpha),
                                           x.data_ptr(), x.stride(0), y.data_ptr(), y.stride(0),
                                           torch.get_num_threads())
         return y

@@ -92,7 +92,7 @@ def kernel_params(u, delta, A, B, C, D, z, delta_bias, softplus):
     extensions take: sizes (batch, dim, L) from delta (u may be CUDA's cross-2D map), pointers,
     element strides, flags. delta is None in the CPU N = 1 backward, which reads the saved softplus(δ)."""
     batch, dim, L = (u if delta is None else delta).shape
-    return dict(dtype=str(u.dtype).removeprefix("torch."), batch=batch, dim=dim, seqlen=L,
+    return dict(dtype=_common.dtype_name(u), batch=batch, dim=dim, seqlen=L,
                 dstate=A.shape[1], groups=B.shape[1], softplus=bool(softplus),
                 u=_ptr(u), u_batch_stride=u.stride(0), u_dim_stride=u.stride(1),
                 delta=_ptr(delta), delta_batch_stride=0 if delta is None else delta.stride(0),

@@ -282,7 +282,7 @@ def _kernel_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, causal, 
     final = torch.empty(b, h, p, n, dtype=x.dtype)
     pregate = torch.empty(b, L, h, p, dtype=x.dtype) if (save_pregate and z is not None) else None
     _native.require("ssd_cpu").fwd(
-        str(x.dtype).removeprefix("torch."), bool(causal), [b, L, h, p, g, n], int(chunk_size),
+        _common.dtype_name(x), bool(causal), [b, L, h, p, g, n], int(chunk_size),
         bool(dt_softplus), *_kernel_inputs(x, dt, A, B, C, D, z, dt_bias, initial_states),
         _addr(y), _addr(pregate), _addr(final), _threads(b, L, h, p, n))
     return y, final, pregate
@@ -315,7 +315,7 @@ def _kernel_bwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, causal, 
     saved_kv = None if causal else saved_kv
     grads = [_addr(t) for t in (dy, dfinal, pregate, dx, ddt, dB, dC, dz, dA, dD, dbias, dinit, saved_kv)]
     _native.require("ssd_cpu").bwd(
-        str(x.dtype).removeprefix("torch."), bool(causal), [b, L, h, p, g, n], int(chunk_size),
+        _common.dtype_name(x), bool(causal), [b, L, h, p, g, n], int(chunk_size),
         bool(dt_softplus), *_kernel_inputs(x, dt, A, B, C, D, z, dt_bias, initial_states),
         heads_per_task, grads, threads)
     if slots != g:
