@@ -17,7 +17,7 @@ Times are medians of --repeat runs after one warm-up.
 --device=cuda: the selective-scan rows come from tools/bench_selective_scan_cuda.py (the CUDA
 kernels, VMamba-T stage 1 through the fused cross-2D op, against the reference, torch.compile of
 the reference, mambapy's pscan and a device-to-device copy of the same bytes, with achieved GB/s
-and % of the copy's rate); ssd and dcnv4 have no CUDA kernel, so only their anchors are timed.
+and % of the copy's rate); dcnv4 times its CUDA kernels; ssd has no CUDA kernel, so only its anchors are timed.
 Without a usable GPU it stops with exit code 2 before measuring anything.
 """
 import argparse
@@ -178,7 +178,7 @@ def bench_ssd(table, args, dev, sync, bw, batch, L, heads, headdim, N, chunk, ca
     anchor_fb = measure(fwd_bwd(call("reference"), tensors), args.repeat, sync)
     table.add(f"ssd {kind}", shape, "chunked PyTorch reference (anchor)", anchor_f, anchor_fb, floor_fwd, floor_fb,
               anchor_f, anchor_fb)
-    if dev.type == "cuda":  # no CUDA kernel yet
+    if dev.type == "cuda":  # the CUDA kernels against their anchors: tools/bench_ssd_cuda.py
         return
     backend = "cpu"
     f = measure(call(backend), args.repeat, sync)
@@ -201,9 +201,7 @@ def bench_dcnv4(table, args, dev, sync, bw, batch, H, W, group, gc):
     anchor_fb = measure(fwd_bwd(call("reference"), [value, om]), args.repeat, sync)
     table.add("dcnv4", shape, "grid_sample reference (anchor)", anchor_f, anchor_fb, floor_fwd, floor_fb,
               anchor_f, anchor_fb)
-    if dev.type == "cuda":  # no CUDA kernel yet
-        return
-    backend = "cpu"
+    backend = dev.type  # the CUDA kernels (not yet run on a GPU) or the CPU kernel
     f = measure(call(backend), args.repeat, sync)
     fb = measure(fwd_bwd(call(backend), [value, om]), args.repeat, sync)
     table.add("dcnv4", shape, f"**{backend} kernel**", f, fb, floor_fwd, floor_fb, anchor_f, anchor_fb)

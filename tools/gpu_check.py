@@ -5,15 +5,16 @@
     python3 tools/gpu_check.py                 # on the GPU machine, from the repository root
     python3 tools/gpu_check.py --no-build      # use the extensions already built (e.g. by Bazel)
 
-The GPU machine has no network and its image lacks two things of the pinned environment: mambapy
-(bench anchor) and the CUTLASS/CuTe headers (nvidia-cutlass, needed to build the kernels).
+The GPU machine has no network and its image lacks three things: mambapy (bench anchor), the
+CUTLASS/CuTe headers (nvidia-cutlass, needed to build the kernels) and mamba_ssm's Triton SSD ops
+(the SSD bench's anchor; --prepare downloads the mamba-ssm sdist from PyPI and keeps only those).
 `--prepare`, run with the pinned interpreter (~/.cache/visionssm/pyenv/*/bin/python or
 `./bazelw run //:python -- tools/gpu_check.py --prepare`), copies both into the git-ignored
 .gpu_carry/site (about 29 MB); name `.gpu_carry` in the device tool's `carry`, and gpu_check puts
 that folder on sys.path and PYTHONPATH of its subprocesses.
 
 Steps, each under its own time budget so the whole run ends within --budget seconds (default 450):
-  1. build selective_scan_cuda and cross_scan_cuda with tools/build_kernels.py for sm_90a, print
+  1. build selective_scan_cuda, cross_scan_cuda and dcnv4_cuda with tools/build_kernels.py for sm_90a, print
      the ptxas table (registers, smem, spills);
   2. stop here, with a clear message and exit code 2, if torch sees no usable CUDA device;
   3. every CUDA kernel, called directly (not through the ops' self-check, which would fall back to
@@ -21,6 +22,14 @@ Steps, each under its own time budget so the whole run ends within --budget seco
      L, L > 2048, d_state 1/16/64/128/256, float32/bfloat16/float16, groups, z/D/bias/softplus,
      cross-2D with strided maps) with outputs poisoned (NaN-filled allocator memory): forward, last
      state, every gradient, and everything run twice for bitwise determinism;
+  3b. DCNv4 (until 52% of the budget): the kernels against the float64 reference on both chunk
+     paths, float32/float16/bfloat16, deterministic backward twice (bitwise) and atomic once; then
+     forward and forward+backward timed against the grid_sample reference and a copy of the same
+     bytes (the goal: forward >= 60% of the copy rate);
+  3c. SSD (until 68%): the chunked kernels (causal and non-causal, float32/float16/bfloat16, ragged
+     tiles, groups, z/D/initial states/dt_limit) against the float64 reference, backward twice
+     (bitwise); then tools/bench_ssd_cuda.py: vs mamba_ssm's Triton mamba_chunk_scan_combined
+     (carried as its sdist's pure-Python ops) and torch.compile of the chunked reference;
   4. compute-sanitizer memcheck and racecheck on small sizes (a subprocess per tool);
   5. tools/bench_ops.py --device=cuda (kernels vs the reference, torch.compile of the reference,
      mambapy's pscan and a copy of the same bytes; its rows also go into the table), and a VMamba-T
@@ -41,7 +50,7 @@ import traceback
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-EXTENSIONS = ["selective_scan_cuda", "cross_scan_cuda"]
+EXTENSIONS = ["selective_scan_cuda", "cross_scan_cuda", "dcnv4_cuda", "ssd_cuda"]
 CARRY = ROOT / ".gpu_carry" / "site"  # what --prepare copies (git-ignored), on sys.path when present
 RESULTS = []  # (step, status, detail)
 
@@ -236,6 +245,20 @@ def sanitize_case():
                torch.randn(1, 4, 1, 63, **cuda), None, None, None, False, False, (7, 9)).sum().backward()
     xs = cross_scan_cuda.CrossScanCudaFn.apply(x.detach())
     cross_scan_cuda.CrossMergeCudaFn.apply(xs.unflatten(-1, (7, 9)))
+    from py.ops import dcnv4_cuda
+    from py.ops.dcnv4 import _cfg
+    for case in (DCNV4_CASES[1], DCNV4_CASES[3]):  # vector and scalar paths, both backward modes
+        value, om, gy, conv = dcnv4_inputs(torch.Generator().manual_seed(0), *case)
+        cfg = _cfg(value, om, *conv)
+        dcnv4_cuda.kernel_forward(value, om, cfg)
+        for deterministic in (True, False):
+            dcnv4_cuda.kernel_backward(gy, value, om, cfg, deterministic=deterministic)
+    from py.ops import ssd_cuda
+    for causal in (True, False):  # ragged tiles, z, D, initial states
+        t = ssd_inputs(torch.Generator().manual_seed(0), "bfloat16", 1, 70, 2, 80, 1, 70, causal, True, "h", causal)
+        _, _, pregate = ssd_cuda.kernel_forward(**t, chunk_size=64, softplus=True, causal=causal, save=True)
+        ssd_cuda.kernel_backward(torch.ones_like(t["x"]), None, **t, chunk_size=64, softplus=True, causal=causal,
+                                 pregate=pregate)
     torch.cuda.synchronize()
 
 
@@ -337,6 +360,207 @@ def step_models(deadline):
         torch.cuda.empty_cache()
 
 
+# ---- DCNv4 ----
+DCNV4_CASES = [  # dtype, N, H, W, G, D, (kh, kw), stride, pad, dilation, offset_scale, remove_center
+    ("float32", 2, 9, 11, 2, 16, (3, 3), 1, 1, 1, 1.0, False),    # vector path (8 channels per thread)
+    ("float16", 2, 14, 14, 4, 16, (3, 3), 1, 1, 1, 1.0, False),
+    ("bfloat16", 1, 28, 28, 8, 32, (3, 3), 1, 1, 1, 1.0, True),
+    ("float32", 2, 7, 6, 3, 5, (3, 3), 2, 1, 2, 0.5, False),       # scalar path (D % 8 != 0)
+    ("float16", 1, 10, 9, 2, 12, (5, 3), 1, 2, 1, 0.25, False),
+    ("float32", 1, 6, 7, 1, 264, (3, 3), 1, 1, 1, 1.0, False),     # 33 chunks: the lanes loop
+]
+
+
+# FlashInternImage-T stages 1-2 (C = 64/128, 16 channels per group) and a wide-group case:
+# dtype, N, H = W, G, D.
+DCNV4_BENCH = [("float16", 64, 56, 4, 16), ("float16", 64, 28, 8, 16), ("float32", 64, 56, 4, 16),
+               ("bfloat16", 32, 28, 4, 64)]
+
+
+def dcnv4_inputs(g, dtype, N, H, W, G, D, kernel, stride, pad, dilation, scale, rc):
+    import torch
+    from py.ops.dcnv4 import _out_size
+    kh, kw = kernel
+    K = kh * kw - int(rc)
+    Ho, Wo = _out_size(H, kh, stride, pad, dilation), _out_size(W, kw, stride, pad, dilation)
+    P = -(-3 * G * K // 8) * 8
+    from py.ops.dcnv4_cuda import random_offset_mask  # samples away from pixel edges
+    dt = getattr(torch, dtype)
+    mk = lambda *s: torch.randn(*s, generator=g).to(dt).cuda()
+    conv = (kh, kw, stride, stride, pad, pad, dilation, dilation, G, D, scale, rc)
+    return mk(N, H, W, G * D), random_offset_mask((N, Ho, Wo, P), dt, g).cuda(), mk(N, Ho, Wo, G * D), conv
+
+
+def step_dcnv4(deadline):
+    """The DCNv4 kernels called directly (dcnv4_cuda.kernel_forward/kernel_backward, not the op's
+    self-check) against the float64 reference on the kernels' rounded inputs, outputs poisoned:
+    deterministic backward twice (bitwise equal), atomic once; then the benchmark."""
+    import torch
+    from py.ops import dcnv4_cuda
+    from py.ops.dcnv4 import _cfg, dcnv4_reference
+    g = torch.Generator().manual_seed(int(time.time()))
+    failures = 0
+    for case in DCNV4_CASES:
+        label = f"dcnv4 {case[0]} N{case[1]} {case[2]}x{case[3]} G{case[4]} D{case[5]} k{case[6]} s{case[7]}"
+        if time.time() > deadline:
+            record(label, "SKIPPED", "dcnv4 budget spent")
+            continue
+        try:
+            value, om, gy, conv = dcnv4_inputs(g, *case)
+            v64, o64 = value.double().requires_grad_(True), om.double().requires_grad_(True)
+            ref = dcnv4_reference(v64, o64, *conv)
+            want = [ref.detach(), *torch.autograd.grad(ref, (v64, o64), gy.double())]
+            cfg = _cfg(value, om, *conv)
+            runs = []
+            for deterministic in (True, True, False):
+                poison()
+                runs.append([dcnv4_cuda.kernel_forward(value, om, cfg),
+                             *dcnv4_cuda.kernel_backward(gy, value, om, cfg, deterministic=deterministic)])
+            rtol, atol = dcnv4_cuda._TOL[value.dtype]
+            names = ("out", "grad_value", "grad_offset_mask")
+            bad = {f"{n}{'' if i < 2 else ' (atomic)'}": f"{(a.double() - b).abs().max().item():.2g}"
+                   for i, run in enumerate(runs) for n, a, b in zip(names, run, want)
+                   if not torch.allclose(a.double(), b, rtol=rtol * 5, atol=atol * 5)}
+            nondet = [n for n, a, b in zip(names, runs[0], runs[1]) if not torch.equal(a, b)]
+            failures += bool(bad or nondet)
+            record(label, "FAIL" if bad or nondet else "ok",
+                   f"max |err| {bad}; nondeterministic {nondet}" if bad or nondet else "")
+        except Exception as exc:
+            failures += 1
+            record(label, "FAIL", f"{type(exc).__name__}: {str(exc)[:300]}")
+    record("dcnv4 correctness", "ok" if not failures else "FAIL", f"{failures} failing case(s)")
+    dcnv4_bench(deadline)
+
+
+def dcnv4_bench(deadline):
+    """Forward and forward+backward of the kernels vs the grid_sample reference and vs a copy of the
+    bytes the op must move (value, offset_mask read once, out written once; goal: forward >= 60%)."""
+    import torch
+    from py.ops import dcnv4_cuda
+    from py.ops.dcnv4 import _cfg, dcnv4_reference
+    from tools.bench_ops import copy_bandwidth, measure, nbytes
+    sync = torch.cuda.synchronize
+    bw = copy_bandwidth(torch.device("cuda"), sync, 5)
+    g = torch.Generator().manual_seed(0)
+    for dtype, N, H, G, D in DCNV4_BENCH:
+        label = f"dcnv4 bench {dtype} N{N} {H}x{H} G{G}xD{D} 3x3"
+        if time.time() > deadline:
+            record(label, "SKIPPED", "dcnv4 budget spent")
+            continue
+        try:
+            value, om, gy, conv = dcnv4_inputs(g, dtype, N, H, H, G, D, (3, 3), 1, 1, 1, 1.0, False)
+            om = om * 0.5  # offsets of a trained layer: about a pixel
+            cfg = _cfg(value, om, *conv)
+            fwd = measure(lambda: dcnv4_cuda.kernel_forward(value, om, cfg), 10, sync)
+            modes = {m: measure(lambda: (dcnv4_cuda.kernel_forward(value, om, cfg),
+                                         dcnv4_cuda.kernel_backward(gy, value, om, cfg, deterministic=m == "det")),
+                                5, sync) for m in ("det", "atomic")}
+            ref = measure(lambda: dcnv4_reference(value, om, *conv), 3, sync)
+            moved = nbytes(value, om, gy)  # gy has the output's size
+            record(label, "ok", f"fwd {fwd * 1e3:.3f} ms {moved / fwd / 1e9:.0f} GB/s ({100 * moved / fwd / bw:.0f}% "
+                   f"of copy), reference / kernel {ref / fwd:.1f}x; fwd+bwd {modes['det'] * 1e3:.3f} ms deterministic, "
+                   f"{modes['atomic'] * 1e3:.3f} ms atomic")
+            del value, om, gy
+            torch.cuda.empty_cache()
+        except Exception as exc:
+            record(label, "FAIL", f"{type(exc).__name__}: {str(exc)[:300]}")
+
+
+# ---- SSD ----
+SSD_CASES = [  # dtype, batch, L, heads, headdim, groups, dstate, chunk, causal, z, D, initial states, dt_limit
+    ("bfloat16", 2, 3136, 8, 64, 1, 64, 256, True, False, "h", False, None),     # goal shape 1, smaller batch
+    ("float16", 2, 300, 4, 64, 2, 128, 128, True, True, "hp", True, None),
+    ("float32", 1, 150, 4, 80, 2, 70, 64, True, True, "h", True, None),          # every tile edge ragged (TF32)
+    ("bfloat16", 1, 2049 + 77, 4, 64, 1, 64, 256, True, False, "h", True, (0.01, 0.5)),
+    ("float32", 2, 600, 4, 32, 2, 64, 256, False, True, "h", False, None),       # non-causal (VSSD)
+    ("bfloat16", 1, 1000, 2, 64, 1, 128, 256, False, False, None, False, None),
+]
+DEVICE = "cuda"  # the test runs the step on the CPU with the kernels' model in their place
+
+
+def ssd_inputs(g, dtype, b, L, h, p, groups, n, causal, z, D, init):
+    """Inputs in the kernels' types: activations in `dtype`, A/D/dt_bias/initial states float32."""
+    import torch
+    mk = lambda *s: torch.randn(*s, generator=g)
+    act = lambda t: t.to(getattr(torch, dtype)).to(DEVICE)
+    f32 = lambda t: t.to(DEVICE)
+    return dict(x=act(mk(b, L, h, p)), dt=act(mk(b, L, h) * 0.5 - 1), A=f32(-torch.rand(h, generator=g) - 0.2),
+                B=act(mk(b, L, groups, n) * 0.3), C=act(mk(b, L, groups, n) * 0.3),
+                D=None if D is None else f32(mk(h) if D == "h" else mk(h, p)), z=act(mk(b, L, h, p)) if z else None,
+                dt_bias=f32(mk(h) * 0.3), initial_states=f32(mk(b, h, p, n) * 0.5) if init else None)
+
+
+def step_ssd(deadline):
+    """The SSD kernels called directly (ssd_cuda.kernel_forward/kernel_backward, not the op's
+    self-check) against the float64 reference on the kernels' rounded inputs, outputs poisoned, the
+    backward twice (bitwise equal); then tools/bench_ssd_cuda.py's goal shapes until the deadline."""
+    import torch
+    from py.ops import ssd_cuda
+    g = torch.Generator().manual_seed(int(time.time()))
+    names = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
+    failures = 0
+    bench_from = deadline - 0.6 * (deadline - time.time())  # 40% of the step for correctness
+    for case in SSD_CASES:
+        dtype, b, L, h, p, groups, n, chunk, causal, z, D, init, limit = case
+        label = (f"ssd {'causal' if causal else 'non-causal'} {dtype} B{b} L{L} H{h}xP{p} G{groups} N{n} chunk{chunk}"
+                 + (f" dt_limit{limit}" if limit else ""))
+        if time.time() > bench_from:
+            record(label, "SKIPPED", "ssd correctness budget spent")
+            continue
+        try:
+            t = ssd_inputs(g, dtype, b, L, h, p, groups, n, causal, z, D, init)
+            limit = limit or (0.0, float("inf"))
+            kw = dict(chunk_size=chunk, softplus=True, causal=causal, dt_limit=limit)
+            dy = torch.randn(t["x"].shape, generator=g).to(t["x"])
+            dfinal = torch.randn(b, h, p, n, generator=g).to(DEVICE)
+            leaves = {k: None if v is None else v.double().requires_grad_(True) for k, v in t.items()}
+            y, final = ssd_cuda.reference(**leaves, **kw)
+            present = [k for k in names if t[k] is not None]
+            want = [y, final, *torch.autograd.grad([y, final], [leaves[k] for k in present], [dy.double(), dfinal.double()])]
+            runs = []
+            for _ in range(2):
+                poison()
+                ky, kfinal, pregate = ssd_cuda.kernel_forward(**t, **kw, save=True)
+                grads = ssd_cuda.kernel_backward(dy, dfinal, **t, **kw, pregate=pregate)
+                runs.append([ky, kfinal] + [gr for k, gr in zip(names, grads) if t[k] is not None])
+            labels = ["y", "final_states"] + ["d" + k for k in present]
+            err = {k: (a.double() - w).abs().max().item() / max(w.abs().max().item(), 1e-30)
+                   for k, a, w in zip(labels, runs[0], want)}
+            bad = {k: f"{e:.2g}" for k, e in err.items() if not e <= ssd_cuda._TOL[getattr(torch, dtype)]}
+            nondet = [k for k, a, c in zip(labels, runs[0], runs[1]) if not torch.equal(a, c)]
+            failures += bool(bad or nondet)
+            record(label, "FAIL" if bad or nondet else "ok",
+                   f"relative max |err| {bad}; nondeterministic {nondet}" if bad or nondet
+                   else f"largest relative error {max(err.values()):.2g} ({max(err, key=err.get)})")
+        except Exception as exc:
+            failures += 1
+            record(label, "FAIL", f"{type(exc).__name__}: {str(exc)[:300]}")
+    record("ssd correctness", "ok" if not failures else "FAIL", f"{failures} failing case(s)")
+    if DEVICE == "cuda":
+        ssd_bench(deadline)
+
+
+def ssd_bench(deadline):
+    """tools/bench_ssd_cuda.py in a subprocess (its JSON is written after every row, so a timeout
+    still leaves the rows measured so far), first goal shape only: the Triton op's first-call
+    autotuning may take longer than this step's budget; the standalone bench measures both shapes."""
+    from tools import bench_ssd_cuda
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp) / "ssd_bench.json"
+        cmd = [sys.executable, str(ROOT / "tools" / "bench_ssd_cuda.py"), "--repeat=5", "--shapes=0", f"--json={path}"]
+        try:
+            res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=subprocess_env(),
+                                 timeout=max(deadline - time.time(), 20))
+            print(res.stdout[-4000:], flush=True)
+            if res.returncode:
+                record("ssd bench", "FAIL", res.stderr[-600:])
+        except subprocess.TimeoutExpired:
+            record("ssd bench", "INCOMPLETE", "step budget spent (the Triton op autotunes on its first call); "
+                   "rows measured before follow; run tools/bench_ssd_cuda.py alone for both shapes")
+        rows = json.loads(path.read_text()) if path.exists() else []
+    for shape, met, detail in bench_ssd_cuda.summary(rows):
+        record(f"ssd bench {shape}", "ok" if met else "BELOW GOAL", detail)
+
 def run_step(name, fn, *args):
     """A step that raises becomes one FAIL row; the check goes on with the next step."""
     try:
@@ -347,8 +571,46 @@ def run_step(name, fn, *args):
         return None
 
 
+MAMBA_SSM_VERSION = "2.3.2.post1"  # the SSD bench's anchor (mamba_chunk_scan_combined)
+MAMBA_SSM_SHA256 = "104cc47e9101e5401a675fa2b784f2952b9b037f3b1dd83b5ac544394e95d028"  # its sdist, pinned
+
+
+def carry_mamba_ssm_triton(dest):
+    """mamba_ssm's pure-Python Triton ops from its sdist on PyPI (pip download; MAMBA_SKIP_CUDA_BUILD
+    keeps pip's metadata step from compiling anything): ops/triton/*.py and the two utils modules
+    they import, under an empty package __init__ (the real one imports the CUDA extensions, which
+    are not built). The GPU image has triton and einops."""
+    import hashlib
+    import tarfile
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--no-build-isolation",
+               "-q", "-d", tmp, f"mamba-ssm=={MAMBA_SSM_VERSION}"]
+        res = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, MAMBA_SKIP_CUDA_BUILD="TRUE"))
+        sdists = list(pathlib.Path(tmp).glob("mamba_ssm-*.tar.gz"))
+        if res.returncode or not sdists:
+            sys.exit(f"error: --prepare could not download the mamba-ssm sdist: {res.stderr[-800:]}")
+        digest = hashlib.sha256(sdists[0].read_bytes()).hexdigest()
+        if digest != MAMBA_SSM_SHA256:
+            sys.exit(f"error: the mamba-ssm {MAMBA_SSM_VERSION} sdist has sha256 {digest}, expected the pinned "
+                     f"{MAMBA_SSM_SHA256}")
+        keep = lambda name: (name.startswith("mamba_ssm/ops/triton/") and name.count("/") == 3
+                             and name.endswith(".py")) or name in ("mamba_ssm/utils/torch.py",
+                                                                   "mamba_ssm/utils/determinism.py")
+        with tarfile.open(sdists[0]) as tar:
+            for member in tar.getmembers():
+                name = member.name.split("/", 1)[-1]  # drop mamba_ssm-<version>/
+                if member.isfile() and keep(name):
+                    out = dest / name
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    out.write_bytes(tar.extractfile(member).read())
+    for pkg in ("mamba_ssm", "mamba_ssm/ops", "mamba_ssm/utils"):  # (ops/triton/__init__.py is the sdist's)
+        (dest / pkg / "__init__.py").write_text(f'"""mamba_ssm {MAMBA_SSM_VERSION}: its Triton ops only '
+                                                '(carried by gpu_check --prepare)."""\n')
+
+
 def prepare(dest=CARRY):
-    """Copies mambapy and the CUTLASS/CuTe headers of this interpreter's environment into `dest`."""
+    """Copies mambapy and the CUTLASS/CuTe headers of this interpreter's environment into `dest`, and
+    mamba_ssm's Triton ops from its sdist (`carry_mamba_ssm_triton`)."""
     import importlib.util
     if dest.exists():
         shutil.rmtree(dest)
@@ -372,6 +634,8 @@ def prepare(dest=CARRY):
     shutil.copytree(src / "include", dest / "cutlass_library" / "source" / "include")
     shutil.copytree(src / "tools" / "util" / "include", dest / "cutlass_library" / "source" / "tools" / "util" / "include")
     copied.append("CUTLASS headers")
+    carry_mamba_ssm_triton(dest)
+    copied.append(f"mamba_ssm {MAMBA_SSM_VERSION} Triton ops")
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
     print(f"[gpu_check] copied {', '.join(copied)} into {dest} ({size / 2**20:.1f} MiB); "
           "carry `.gpu_carry` to the GPU machine and run `python3 tools/gpu_check.py` there")
@@ -398,7 +662,8 @@ def main(argv=None):
     parser.add_argument("--no-build", action="store_true", help="use the extensions already built")
     parser.add_argument("--budget", type=float, default=450, help="seconds for the whole check (default 450)")
     parser.add_argument("--prepare", action="store_true",
-                        help="copy mambapy and the CUTLASS headers into .gpu_carry/ (run with the pinned interpreter)")
+                        help="copy mambapy, the CUTLASS headers and mamba_ssm's Triton ops into .gpu_carry/ "
+                             "(run with the pinned interpreter)")
     parser.add_argument("--sanitize-case", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.prepare:
@@ -415,8 +680,10 @@ def main(argv=None):
             return 1
         gpu_or_stop()
         run_step("correctness", step_correctness, start + 0.45 * args.budget)
-        run_step("compute-sanitizer", step_sanitizer, start + 0.6 * args.budget)
-        run_step("bench", step_bench, start + 0.82 * args.budget)
+        run_step("dcnv4", step_dcnv4, start + 0.52 * args.budget)
+        run_step("ssd", step_ssd, start + 0.68 * args.budget)
+        run_step("compute-sanitizer", step_sanitizer, start + 0.74 * args.budget)
+        run_step("bench", step_bench, start + 0.88 * args.budget)
         run_step("train steps", step_models, end - 10)
         run_step("ops' first-call self-checks", record_self_checks)
     finally:

@@ -5,6 +5,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -52,6 +53,7 @@ def test_prepare_carries_mambapy_and_the_cutlass_headers_the_build_reads(tmp_pat
     assert pscan_file.startswith(str(dest)) and cutlass_root.startswith(str(dest))
     assert (pathlib.Path(cutlass_root) / "include" / "cute" / "layout.hpp").is_file()
     assert (pathlib.Path(cutlass_root) / "tools" / "util" / "include").is_dir()
+    assert (dest / "mamba_ssm" / "ops" / "triton" / "ssd_combined.py").is_file()  # the SSD bench's anchor
 
 
 def test_bench_summary_rows_and_a_failing_kernel_row():
@@ -93,3 +95,64 @@ def test_correctness_step_passes_with_the_kernel_model_as_the_extension(monkeypa
     gpu_check.step_correctness(deadline=float("inf"))
     assert len(gpu_check.RESULTS) == 8 + 2 * 4 + 1
     assert [r for r in gpu_check.RESULTS if r[1] != "ok"] == []
+
+
+def test_ssd_step_passes_with_the_kernel_model_as_the_extension(monkeypatch):
+    """gpu_check's SSD correctness step on the CPU, two small cases (causal with dt_limit, non-causal),
+    with the float64 model of the SSD kernels (py/ops/tests/ssd_cuda_model.py) as the extension under
+    the real binding. Guards the step's plumbing and its comparison; it says nothing about the
+    compiled kernels."""
+    sys.path.insert(0, str(ROOT))
+    from tools import gpu_check
+    from py.ops import _cuda_dispatch, _native, ssd_cuda
+    from py.ops.tests import ssd_cuda_model as model
+    ext, require = model.FakeExtension(), _native.require
+    monkeypatch.setattr(_native, "require", lambda n: ext if n == ssd_cuda.EXT else require(n))
+    monkeypatch.setattr(_cuda_dispatch, "stream_of", lambda t: 0)
+    monkeypatch.setattr(gpu_check, "poison", lambda: None)
+    monkeypatch.setattr(gpu_check, "DEVICE", "cpu")
+    monkeypatch.setattr(gpu_check, "SSD_CASES", [
+        ("float32", 1, 100, 2, 16, 1, 24, 64, True, True, "h", True, (0.01, 0.5)),
+        ("float32", 1, 70, 2, 8, 2, 8, 64, False, False, "hp", False, None)])
+    monkeypatch.setattr(gpu_check, "RESULTS", [])
+    gpu_check.step_ssd(deadline=time.time() + 1e6)
+    assert [r[1] for r in gpu_check.RESULTS] == ["ok"] * 3, gpu_check.RESULTS
+
+
+def test_dcnv4_step_passes_with_the_kernel_model_as_the_extension(monkeypatch):
+    """gpu_check's DCNv4 step (correctness and bench) on the CPU, small cases of both chunk paths,
+    with the thread-by-thread model of the DCNv4 kernels (py/ops/tests/dcnv4_cuda_model.py) as the
+    extension under the real binding. Guards the step's plumbing and its comparison; it says
+    nothing about the compiled kernels."""
+    sys.path.insert(0, str(ROOT))
+    from tools import bench_ops, gpu_check
+    from py.ops import _cuda_dispatch, _native, dcnv4_cuda
+    from py.ops.tests import dcnv4_cuda_model as model
+    ext, require = model.FakeExtension(), _native.require
+    monkeypatch.setattr(_native, "require", lambda n: ext if n == dcnv4_cuda.EXT else require(n))
+    monkeypatch.setattr(_cuda_dispatch, "stream_of", lambda t: 0)
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(bench_ops, "copy_bandwidth", lambda dev, sync, repeat: 1e10)
+    monkeypatch.setattr(gpu_check, "poison", lambda: None)
+    monkeypatch.setattr(gpu_check, "DCNV4_CASES", [gpu_check.DCNV4_CASES[1][:1] + (1, 6, 5, 2, 16) + gpu_check.DCNV4_CASES[1][6:],
+                                                   gpu_check.DCNV4_CASES[4]])
+    monkeypatch.setattr(gpu_check, "DCNV4_BENCH", [("float32", 1, 5, 2, 8)])
+    monkeypatch.setattr(gpu_check, "RESULTS", [])
+    gpu_check.step_dcnv4(deadline=time.time() + 1e6)
+    assert [r[1] for r in gpu_check.RESULTS] == ["ok"] * 4, gpu_check.RESULTS
+    assert "% of copy" in gpu_check.RESULTS[-1][2]
+
+
+def test_ssd_bench_summary_judges_the_goal():
+    sys.path.insert(0, str(ROOT))
+    from tools import bench_ssd_cuda as bench
+    row = lambda impl, f, fb, note="": dict(shape="S", impl=impl, fwd_ms=f, fb_ms=fb, note=note)
+    [(shape, met, detail)] = bench.summary([row("**cuda kernel**", 1.0, 3.0), row(bench.ANCHOR, 1.5, 4.2),
+                                            row("torch.compile(chunked reference)", None, None, "skipped")])
+    assert (shape, met) == ("S", True) and "1.50x/1.40x" in detail and "torch.compile" not in detail
+    [(_, met, detail)] = bench.summary([row("**cuda kernel**", 1.0, 3.0), row(bench.ANCHOR, 1.5, 3.6)])
+    assert not met and "NOT met" in detail  # 1.2x < 1.3x
+    [(_, met, detail)] = bench.summary([row("**cuda kernel**", None, None, "failed: boom")])
+    assert not met and detail == "failed: boom"

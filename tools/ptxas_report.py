@@ -13,7 +13,9 @@ import re
 import subprocess
 import sys
 
-HOT_KERNELS = ("selective_scan_fwd_kernel", "selective_scan_bwd_kernel", "cross_scan_kernel", "cross_merge_kernel")
+HOT_KERNELS = ("selective_scan_fwd_kernel", "selective_scan_bwd_kernel", "cross_scan_kernel", "cross_merge_kernel",
+               "dcnv4_fwd_kernel", "dcnv4_bwd_kernel", "dcnv4_gather_kernel",
+               "ssd_chunk_state_kernel", "ssd_chunk_scan_kernel", "ssd_bwd_dx_kernel", "ssd_bwd_dbc_kernel")
 
 _ENTRY = re.compile(r"Compiling entry function '(\S+)' for '(sm_\w+)'")
 _FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")

@@ -2,7 +2,7 @@
 
     ./bazelw run //py/eval:export -- --model=vmamba_tiny_s1l8 [--checkpoint=weights.safetensors] \\
         --format=torch_export --output=vmamba_tiny.pt2
-    python: torch.export.load("vmamba_tiny.pt2").module()(images)
+    python: import py.ops; torch.export.load("vmamba_tiny.pt2").module()(images)
 
 --checkpoint may be ours or an official one (converted by py.models.interop, checked strictly).
 After exporting, the program is run on a random input and compared with the eager model
@@ -10,22 +10,28 @@ After exporting, the program is run on a random input and compared with the eage
 
 Limits:
   * Batch 1 and the fixed input size of the model (--img_size, channels from the model's config);
-    no dynamic shapes. Eval mode only.
-  * The ops run with backend "reference" (plain PyTorch): the native CPU kernels are called through
-    raw data pointers, which graph capture cannot trace. The reference selective scan (VMamba v05,
-    Vim, DyVM) is a loop over the tokens, so the graph holds one small step per token and grows with
-    the sequence: at 224², vim_tiny and vmamba_tiny_s1l8 each took 6-7 minutes and ~4 GB of RAM to
-    export on a 2-core CPU (pvmamba_tiny: 16 s), and the program runs slower than the eager model
-    with its native kernel. The reference SSD (VMamba m0) and PVMamba are plain tensor ops.
+    no dynamic shapes. Eval mode only (traced under torch.no_grad()).
+  * The program keeps the native ops as custom ops (torch.ops.visionssm.selective_scan, ssd, dcnv4,
+    cross_scan, cross_merge; py/ops/_library.py) and runs their CPU kernels, so it matches the eager
+    model and exports in seconds. Loading a .pt2 therefore needs the ops registered: `import py.ops`
+    before torch.export.load (`load_program` does it); without it torch's deserializer fails with
+    "We failed to resolve torch.ops.visionssm.<op> to an operator".
   * The ops' NaN/inf checks branch on tensor values, which graph capture cannot trace; they skip
     themselves while tracing (py.ops._common.check_finite), so the parameters are checked once here.
   * Models with data-dependent control flow switch it to a traceable form in
     py.models.export_mode (DyVM: each layer's two SSM branches under torch.cond on their gate, so a
     skipped branch is not computed in the exported program either; token pruning keeps its fixed
-    top-K sizes; batch 1 only).
-  * ONNX needs the `onnx` and `onnxscript` packages (torch.onnx's exporter is built on them); without
-    them --format=onnx stops with an error naming the missing package. The ONNX path is otherwise the
-    same traced program; it could not be run here (neither package is installed in this environment).
+    top-K sizes).
+  * ONNX (--format=onnx): the torch.export program above, then every visionssm custom op replaced by
+    its loop-free decomposition into standard ops (py.ops.decompositions: the selective scan in chunked
+    form, SSD's chunked reference, DCNv4 through GridSample, cross-scan as transpose/flip) with
+    ExportedProgram.run_decompositions, then torch.onnx.export of that program (the dynamo exporter,
+    which needs `onnx` and `onnxscript`; the default opset). That route, not torch.onnx on the module
+    itself, because the exporter cannot translate our custom ops and the ops' plain references are
+    not all ONNX-friendly (the sequential selective scan would unroll into one step per token). One
+    .onnx file, weights inside (checked with onnx.checker), run with onnxruntime's CPU provider for
+    the --check_tol comparison; onnx, onnxscript and onnxruntime are in the pinned environment
+    (elsewhere a missing one is an error naming it, exit 2).
 """
 import contextlib
 import importlib.util
@@ -51,7 +57,7 @@ flags.DEFINE_float("check_tol", 1e-4, "max |exported - eager| allowed on a rando
 flags.DEFINE_integer("seed", 0, "seed of the random init (no --checkpoint) and of the check input",
                      flag_values=FLAGS)
 
-ONNX_PACKAGES = ("onnx", "onnxscript")
+ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 
 
 class ExportError(Exception):
@@ -69,13 +75,11 @@ def _check_parameters_finite(model):
 
 @contextlib.contextmanager
 def traceable(model):
-    """Context in which `model` can be traced by torch.export (see the module doc, Limits): the ops'
-    plain-PyTorch references (py.ops.force_backend) and the models' own export switches
-    (py.models.export_mode)."""
+    """Context in which `model` can be traced by torch.export (see the module doc, Limits): the models'
+    own export switches (py.models.export_mode); the ops are custom ops torch.export keeps as they are."""
     import py.models as models
-    from py.ops import force_backend
     _check_parameters_finite(model)
-    with force_backend("reference"), models.export_mode(model):
+    with models.export_mode(model):
         yield
 
 
@@ -96,27 +100,53 @@ def export_program(model, example):
         raise ExportError(f"export is for batch 1, got an example of shape {tuple(example.shape)}")
     with torch.no_grad():
         model(example)  # one eager run: the ops validate their arguments (tracing skips the data checks)
-    with traceable(model):
+    with traceable(model), torch.no_grad():  # inference graph: the ops save nothing for a backward
         return torch.export.export(model, (example,))
+
+
+def load_program(path):
+    """The ExportedProgram of a .pt2 this tool wrote. Its graph calls torch.ops.visionssm.*, which exist
+    once py.ops is imported (torch.export.load fails on an unregistered op)."""
+    import py.ops  # noqa: F401  registers torch.ops.visionssm.*
+    return torch.export.load(str(path))
 
 
 def missing_onnx_packages():
     return [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
 
 
+def onnx_program(model, example):
+    """`export_program` with every visionssm custom op decomposed into standard aten ops
+    (py.ops.decompositions), ready for torch.onnx."""
+    from py.ops import decompositions
+    program = export_program(model, example).run_decompositions(decompositions.decomposition_table())
+    left = sorted({str(n.target) for gm in program.graph_module.modules() if isinstance(gm, torch.fx.GraphModule)
+                   for n in gm.graph.nodes if str(n.target).startswith("visionssm.")})
+    if left:
+        raise ExportError(f"no decomposition for the custom op(s) {', '.join(left)} (py/ops/decompositions.py)")
+    return program
+
+
 def export_onnx(model, example, path):
-    """Writes an ONNX file through torch.onnx's torch.export-based exporter."""
+    """Writes `model` at the example's shape as one ONNX file (see the module doc) and checks it."""
     missing = missing_onnx_packages()
     if missing:
         raise ExportError(f"--format=onnx needs the Python package(s) {', '.join(missing)} (torch.onnx's exporter "
-                          f"uses onnx and onnxscript), which this environment lacks; install them or use "
-                          f"--format=torch_export")
-    model.eval()
-    with torch.no_grad():
-        model(example)  # as in export_program: argument checks run eagerly once
-    with traceable(model):
-        program = torch.onnx.export(model, (example,), str(path), dynamo=True)
-    return program
+                          f"uses onnx and onnxscript, the check runs onnxruntime), which this environment lacks; "
+                          f"install them or use --format=torch_export")
+    import onnx
+    program = onnx_program(model, example)
+    torch.onnx.export(program, (example,), str(path), dynamo=True, external_data=False, verbose=False)
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def onnx_session(path, threads=None):
+    """An onnxruntime CPU session of the ONNX file (`threads`: intra-op threads, default onnxruntime's)."""
+    import onnxruntime
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def max_abs_diff(a, b):
@@ -147,11 +177,8 @@ def _export():
     else:
         program = export_program(model, x)
         torch.export.save(program, str(output))
-        got = torch.export.load(str(output)).module()(x)
+        got = load_program(output).module()(x)
     print(f"wrote {FLAGS.format} program of {FLAGS.model} for input {tuple(x.shape)} to {output}")
-    if got is None:
-        print("check skipped: onnxruntime is not installed")
-        return 0
     diff = max_abs_diff(got, eager)
     print(f"max |exported - eager| on a random input: {diff:.3g}")
     if 0 <= FLAGS.check_tol < diff:
@@ -162,11 +189,8 @@ def _export():
 
 
 def _run_onnx(path, x):
-    """The ONNX file's output on x via onnxruntime, or None if it is not installed."""
-    if importlib.util.find_spec("onnxruntime") is None:
-        return None
-    import onnxruntime
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    """The ONNX file's output on x via onnxruntime."""
+    session = onnx_session(path)
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     return torch.from_numpy(out)
 

@@ -19,7 +19,7 @@ from py.models.tasks import build_task
 @contextlib.contextmanager
 def export_mode(model):
     """Graph capture (torch.export) switches of every submodule that has one (DyVM: traceable branch
-    gates at batch 1, its gate log restored afterwards); plain models need none."""
+    gates, its gate log restored afterwards); plain models need none."""
     with contextlib.ExitStack() as stack:
         for m in model.modules():
             if hasattr(type(m), "export_mode"):

@@ -156,7 +156,7 @@ class DynamicBiMamba(BiMamba):
 
     def _run_subset(self, xz, on, backward, mask):
         """Runs a branch only on the images with gate `on` (B,) set; zeros elsewhere (inference)."""
-        if self.static_gates:
+        if self.static_gates or torch.compiler.is_compiling():
             return self._run_cond(xz, on, backward, mask)
         idx = on.nonzero().squeeze(1)
         if idx.numel() == xz.shape[0]:
@@ -168,13 +168,15 @@ class DynamicBiMamba(BiMamba):
         return out.index_copy(0, idx, y.to(out.dtype))
 
     def _run_cond(self, xz, on, backward, mask):
-        """The same choice, traceable: batch 1, the branch under torch.cond on its gate."""
-        if xz.shape[0] != 1:
-            raise ValueError(f"DyVM in export mode runs batch 1 only (its branch gates are per image), "
-                             f"got batch {xz.shape[0]}")
-        run = lambda xz: self.ssm_branch(xz, backward, mask).to(xz.dtype)
+        """The same result, traceable (torch.export, torch.compile): the branch runs under torch.cond
+        when any image's gate is on, on the whole batch, and the rows of gated-off images are zeroed
+        (so at batch 1 a skipped branch is not computed in the graph either)."""
+        def run(xz):
+            y = self.ssm_branch(xz, backward, mask).to(xz.dtype)
+            return torch.where(on[:, None, None], y, y.new_zeros(()))
+
         skip = lambda xz: xz.new_zeros(xz.shape[0], self.d_inner, xz.shape[-1])
-        return torch.cond(on[0], run, skip, (xz,))
+        return torch.cond(on.any(), run, skip, (xz,))
 
     def forward(self, h, mask=None, cls_pos=0, dynamic=True):
         xz = self.in_proj(h).transpose(1, 2)                                   # (B, 2di, L)
@@ -231,7 +233,12 @@ class DyVM(VisionMamba):
                 nn.init.zeros_(m.bias)
         self.reset_block_heads(block_head_bias)
         self.last_block_policy = None
-        self._eval_gate_sum, self._eval_gate_count = 0.0, 0
+        self._reset_gate_log()
+
+    def _reset_gate_log(self):
+        # Tensors, not Python numbers: torch.compile guards on a number's value, so a count that grows with
+        # every call would recompile the model on every call.
+        self._eval_gate_sum, self._eval_gate_count = torch.zeros(()), torch.zeros((), dtype=torch.int64)
 
     def load_pretrained_vim(self, checkpoint, block_head_bias=5.0):
         """Initialises the backbone from a Vim (or DyVM) checkpoint file or state dict (the DyVM
@@ -265,11 +272,12 @@ class DyVM(VisionMamba):
         """Achieved keep ratios since the last call, from eval-mode forwards: the mean branch-gate value
         ("block_keep_ratio") and the fixed inference token ratio of the last stage."""
         report = {}
-        if self._eval_gate_count:
-            report["block_keep_ratio"] = float(self._eval_gate_sum) / self._eval_gate_count
+        count = int(self._eval_gate_count)
+        if count:
+            report["block_keep_ratio"] = float(self._eval_gate_sum) / count
         if self.pruning_loc:
             report["token_keep_ratio"] = self.num_keep(len(self.pruning_loc) - 1) / self.num_patches
-        self._eval_gate_sum, self._eval_gate_count = 0.0, 0
+        self._reset_gate_log()
         return report
 
     def _layer_id(self, name):
@@ -378,7 +386,7 @@ class DyVM(VisionMamba):
         self.last_block_policy = st["block_policy"].detach()
         if not self.training:
             self._eval_gate_sum = self._eval_gate_sum + self.last_block_policy.float().sum()   # no host sync
-            self._eval_gate_count += self.last_block_policy.numel()
+            self._eval_gate_count = self._eval_gate_count + self.last_block_policy.numel()
         tokens = self.final_norm(hidden, residual)
         if not return_aux:
             return tokens
@@ -432,7 +440,7 @@ class DyVM(VisionMamba):
     @contextlib.contextmanager
     def export_mode(self):
         """Graph capture (torch.export): the inference path's data-dependent branch choice (`nonzero`)
-        becomes a torch.cond per branch (batch 1), and the gate log this forward keeps on the model
+        becomes a torch.cond per branch (as under torch.compile), and the gate log this forward keeps on the model
         is restored afterwards, so no traced value leaks out of the export."""
         saved = {k: getattr(self, k) for k in ("last_block_policy", "_eval_gate_sum", "_eval_gate_count")}
         mixers = [m for m in self.modules() if isinstance(m, DynamicBiMamba)]

@@ -1,8 +1,10 @@
-"""VisionSSM ops: PyTorch references, native CPU/CUDA kernels and their autograd Functions.
+"""VisionSSM ops: PyTorch references, native CPU/CUDA kernels and the custom ops over them.
 
 Each op takes `backend="auto"|"reference"|"cpu"|"cuda"`; see its module for shapes and formulas.
-`force_backend(name)` (a context manager) makes every op inside it run `name`, e.g. "reference" for
-graph capture; `observe(callback)` hands every op call (name, bound arguments, output) made inside it
+The kernels are PyTorch custom ops, torch.ops.visionssm.<name> (py/ops/_library.py), registered by
+importing this package, so torch.compile and torch.export keep them in their graphs.
+`force_backend(name)` (a context manager) makes every op inside it run `name`, e.g. "reference";
+`observe(callback)` hands every op call (name, bound arguments, output) made inside it
 to the callback (py/ops/observe.py).
 """
 from py.ops._common import force_backend

@@ -71,8 +71,8 @@ _FORCED = []
 def force_backend(backend):
     """Every op called inside this context runs `backend`, whatever backend its caller passed.
 
-    For graph capture: torch.export cannot trace the native kernels (raw data_ptr calls), so
-    py.eval.export runs the models under force_backend("reference") (plain PyTorch ops).
+    E.g. "reference" to compare a model with its plain-PyTorch form. Graph capture needs none: the
+    native kernels are custom ops (py/ops/_library.py) that torch.compile and torch.export keep.
     """
     if backend not in BACKENDS or backend == "auto":
         raise ValueError(f"force_backend needs one of {BACKENDS[1:]}, got {backend!r}")

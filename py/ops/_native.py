@@ -1,7 +1,8 @@
 """Loads the native extensions `cc.kernels.<name>`, however they were built.
 
-Bazel puts them in runfiles; tools/build_kernels.py puts them in the source tree. Callers only
-learn whether a module is available and, if not, why (never how it was built).
+Bazel puts them in runfiles; tools/build_kernels.py puts them in the source tree; the wheel holds
+them as `visionssm._kernels.<name>` (tools/build_wheel.py renames the package imported below). Callers
+only learn whether a module is available and, if not, why (never how it was built).
 """
 import functools
 import importlib

@@ -3,11 +3,12 @@
 Three layers, like the other ops:
   * `cross_scan_reference` / `cross_merge_reference`: plain PyTorch (transpose/flip), any dtype/device;
   * the `cc.kernels.cross_scan_cpu` kernels (fused gather / scatter-add, float32 and float64);
-  * `CrossScanFunction` / `CrossMergeFunction`: autograd, where backward(scan) = merge and vice versa.
+  * the custom ops torch.ops.visionssm.cross_scan / cross_merge over the CPU kernels and the CUDA ones
+    (py/ops/cross_scan_cuda.py), with autograd where backward(scan) = merge and vice versa.
 """
 import torch
 
-from py.ops import _common, _native
+from py.ops import _common, _library, _native
 from py.ops.observe import observable
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -15,12 +16,9 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 def cross_scan_reference(x):
     """(B, C, H, W) -> (B, 4, C, H*W) in plain PyTorch; see `cross_scan`."""
-    B, C, H, W = x.shape
-    y = x.new_empty((B, 4, C, H * W))
-    y[:, 0] = x.flatten(2)
-    y[:, 1] = x.transpose(2, 3).flatten(2)
-    y[:, 2:4] = y[:, 0:2].flip(-1)
-    return y
+    # Functional (no slice writes), so it can also serve as the op's decomposition in an exported graph.
+    y = torch.stack((x.flatten(2), x.transpose(2, 3).flatten(2)), dim=1)
+    return torch.cat((y, y.flip(-1)), dim=1)
 
 
 def cross_merge_reference(y):
@@ -57,32 +55,62 @@ def _cpu_merge(y):
     return out
 
 
-class CrossScanFunction(torch.autograd.Function):
-    """x (B, C, H, W) -> (B, 4, C, H*W) with the CPU kernel; backward is the CPU cross-merge."""
+# ------------------------------------------------------------------------------------------------
+# Custom ops torch.ops.visionssm.cross_scan / cross_merge (py/ops/_library.py): each is the other's
+# backward, so gradients of any order go through the kernels.
 
-    @staticmethod
-    def forward(ctx, x):
-        ctx.hw = x.shape[2:]
-        return _cpu_scan(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        H, W = ctx.hw
-        return CrossMergeFunction.apply(grad.unflatten(-1, (H, W))).unflatten(-1, (H, W))
+def _check_native(op, t):
+    if t.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"visionssm::{op} on the CPU takes float32/float64, got {t.dtype}")
 
 
-class CrossMergeFunction(torch.autograd.Function):
-    """y (B, 4, C, H, W) -> (B, C, H*W) with the CPU kernel; backward is the CPU cross-scan."""
+@_library.custom_op("cross_scan")
+def cross_scan_op(x: torch.Tensor) -> torch.Tensor:
+    """`cross_scan_reference(x)`: (B, C, H, W) -> (B, 4, C, H*W)."""
+    _check_native("cross_scan", x)
+    return _cpu_scan(x)
 
-    @staticmethod
-    def forward(ctx, y):
-        ctx.hw = y.shape[3:]
-        return _cpu_merge(y)
 
-    @staticmethod
-    def backward(ctx, grad):
-        H, W = ctx.hw
-        return CrossScanFunction.apply(grad.unflatten(-1, (H, W))).unflatten(-1, (H, W))
+@_library.custom_op("cross_merge")
+def cross_merge_op(y: torch.Tensor) -> torch.Tensor:
+    """`cross_merge_reference(y)`: (B, 4, C, H, W) -> (B, C, H*W)."""
+    _check_native("cross_merge", y)
+    return _cpu_merge(y)
+
+
+@cross_scan_op.register_fake
+def _(x):
+    B, C, H, W = x.shape
+    return x.new_empty((B, 4, C, H * W))
+
+
+@cross_merge_op.register_fake
+def _(y):
+    B, _, C, H, W = y.shape
+    return y.new_empty((B, C, H * W))
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.hw = tuple(inputs[0].shape[-2:])
+
+
+cross_scan_op.register_autograd(lambda ctx, grad: cross_merge_op(grad.unflatten(-1, ctx.hw)).unflatten(-1, ctx.hw),
+                                setup_context=_setup_context)
+cross_merge_op.register_autograd(lambda ctx, grad: cross_scan_op(grad.unflatten(-1, ctx.hw)).unflatten(-1, ctx.hw),
+                                 setup_context=_setup_context)
+
+
+# ---- CUDA kernel registration ----  (the kernels and their first-call self-check: py/ops/cross_scan_cuda.py)
+@cross_scan_op.register_kernel("cuda")
+def _(x):
+    from py.ops import cross_scan_cuda
+    return cross_scan_cuda.cross_scan(x)
+
+
+@cross_merge_op.register_kernel("cuda")
+def _(y):
+    from py.ops import cross_scan_cuda
+    return cross_scan_cuda.cross_merge(y)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -116,10 +144,10 @@ def cross_scan(x, backend="auto"):
     with _common.op_scope("cross_scan", lambda: 0):  # data movement: 0 FLOPs (py.models.flops)
         if backend == "reference":
             return cross_scan_reference(x)
-        if backend == "cuda":  # standalone CUDA kernels, first-call self-check (py.ops.cross_scan_cuda)
+        if backend == "cuda":
             from py.ops import cross_scan_cuda
-            return cross_scan_cuda.cross_scan(x)
-        return CrossScanFunction.apply(x)
+            cross_scan_cuda.check_launch("cross_scan", x=x)
+        return cross_scan_op(x)
 
 
 @observable("cross_merge")
@@ -142,5 +170,5 @@ def cross_merge(y, backend="auto"):
             return cross_merge_reference(y)
         if backend == "cuda":
             from py.ops import cross_scan_cuda
-            return cross_scan_cuda.cross_merge(y)
-        return CrossMergeFunction.apply(y)
+            cross_scan_cuda.check_launch("cross_merge", y=y)
+        return cross_merge_op(y)

@@ -1,5 +1,7 @@
-"""Cross-scan / cross-merge on CUDA: binding of `cc.kernels.cross_scan_cuda` (not yet run on a GPU),
-with autograd (each is the other's adjoint) and the first-call self-check."""
+"""Cross-scan / cross-merge on CUDA: binding of `cc.kernels.cross_scan_cuda` (not yet run on a GPU), with
+the first-call self-check: `cross_scan`/`cross_merge` are the CUDA kernels of the custom ops
+torch.ops.visionssm.cross_scan/cross_merge (whose autograd is in py.ops.cross_scan); `CrossScanCudaFn`/
+`CrossMergeCudaFn` are autograd over the bare kernels (tools/gpu_check.py calls them)."""
 import torch
 
 from py.ops import _cuda_dispatch, _native
@@ -59,19 +61,23 @@ def _verified(op, t):
     return _cuda_dispatch.self_check("cross_scan/cross_merge", t.dtype, t.device, run, ref, tol, tol)
 
 
+def check_launch(op, **tensors):
+    """What backend='cuda' needs beyond py.ops.cross_scan's own checks."""
+    _cuda_dispatch.check_cuda_tensors(op, DTYPES, **tensors)
+
+
 def cross_scan(x):
-    """backend='cuda' of py.ops.cross_scan (arguments validated there)."""
-    _cuda_dispatch.check_cuda_tensors("cross_scan", DTYPES, x=x)
+    """CUDA kernel of torch.ops.visionssm.cross_scan (registered in py.ops.cross_scan); the reference
+    where the kernels failed their self-check."""
     if not _verified("cross_scan", x):
         from py.ops.cross_scan import cross_scan_reference
         return cross_scan_reference(x)
-    return CrossScanCudaFn.apply(x)
+    return _scan(x)
 
 
 def cross_merge(y):
-    """backend='cuda' of py.ops.cross_merge (arguments validated there)."""
-    _cuda_dispatch.check_cuda_tensors("cross_merge", DTYPES, y=y)
+    """CUDA kernel of torch.ops.visionssm.cross_merge, the same choice as `cross_scan`."""
     if not _verified("cross_merge", y):
         from py.ops.cross_scan import cross_merge_reference
         return cross_merge_reference(y)
-    return CrossMergeCudaFn.apply(y)
+    return _merge(y)

@@ -3,17 +3,18 @@
 Three layers, like the other ops:
   * `dcnv4_reference`: plain PyTorch built on F.grid_sample (any floating dtype, autograd for free);
   * the `cc.kernels.dcnv4_cpu` kernels (float32/float64 forward and deterministic backward);
-  * `DCNv4Function`, the autograd Function around them.
+  * the custom ops torch.ops.visionssm.dcnv4 / dcnv4_backward over them, with their fake
+    implementation and autograd, so torch.compile and torch.export keep them in the graph.
 `dcnv4(...)` validates the inputs and dispatches on `backend`.
 """
 import math
 import numbers
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
-from py.ops import _common, _native
+from py.ops import _common, _library, _native
 from py.ops.observe import observable
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -54,8 +55,13 @@ def dcnv4_reference(value, offset_mask, kernel_h, kernel_w, stride_h, stride_w, 
     om = offset_mask[..., :3 * G * K].reshape(N, Ho, Wo, G, 3 * K)
     off = om[..., :2 * K].unflatten(-1, (K, 2))  # (N, Ho, Wo, G, K, [dx, dy])
     mask = om[..., 2 * K:]  # (N, Ho, Wo, G, K)
-    kx = torch.tensor([p[0] for p in pts], dtype=dt, device=dev)
-    ky = torch.tensor([p[1] for p in pts], dtype=dt, device=dev)
+    # Point k's displacement (as in _points) from an arange, not torch.tensor(list): the reference is
+    # also the op's decomposition for ONNX export, whose retrace rejects such constants.
+    k = torch.arange(K, device=dev)
+    if remove_center:
+        k = k + (k >= (kernel_w // 2) * kernel_h + kernel_h // 2).long()
+    kx = ((k // kernel_h) * dilation_w - dilation_w * (kernel_w - 1) // 2).to(dt)
+    ky = ((k % kernel_h) * dilation_h - dilation_h * (kernel_h - 1) // 2).to(dt)
     base_w = (torch.arange(Wo, device=dev) * stride_w - pad_w + dilation_w * (kernel_w - 1) // 2).to(dt)
     base_h = (torch.arange(Ho, device=dev) * stride_h - pad_h + dilation_h * (kernel_h - 1) // 2).to(dt)
     # Pixel coordinates (centres at integers) in the unpadded input.
@@ -75,9 +81,15 @@ def dcnv4_reference(value, offset_mask, kernel_h, kernel_w, stride_h, stride_w, 
 # ------------------------------------------------------------------------------------------------
 # Kernel binding
 
-def _cfg_lists(cfg):
+def kernel_params(value, offset_mask, cfg):
+    """The kernels' Params as a dict (cc/kernels/dcnv4/dcnv4_params.h), the same for the CPU and CUDA
+    modules; callers add the output pointers (and, for the backward, grad_output)."""
     (N, H, W, Ho, Wo, P, kh, kw, sh, sw, ph, pw, dh, dw, G, D, s, rc) = cfg
-    return [N, H, W, Ho, Wo, P], [kh, kw, sh, sw, ph, pw, dh, dw], G, D, s, rc
+    return dict(dtype=_common.dtype_name(value), batch=N, height=H, width=W, out_height=Ho, out_width=Wo,
+                offset_channels=P, kernel_h=kh, kernel_w=kw, stride_h=sh, stride_w=sw, pad_h=ph, pad_w=pw,
+                dilation_h=dh, dilation_w=dw, group=G, group_channels=D, offset_scale=float(s),
+                remove_center=bool(rc), value=value.data_ptr(), value_strides=list(value.stride()),
+                offset_mask=offset_mask.data_ptr(), offset_mask_strides=list(offset_mask.stride()))
 
 
 def _channels_unit_stride(t):
@@ -87,50 +99,102 @@ def _channels_unit_stride(t):
 
 
 def _cpu_forward(value, offset_mask, cfg):
-    shape, conv, G, D, s, rc = _cfg_lists(cfg)
     value = _channels_unit_stride(value)
-    out = torch.empty(shape[0], shape[3], shape[4], G * D, dtype=value.dtype)
-    _native.require("dcnv4_cpu").forward(
-        _common.dtype_name(value), value.data_ptr(), list(value.stride()), offset_mask.data_ptr(),
-        list(offset_mask.stride()), out.data_ptr(), shape, conv, G, D, float(s), bool(rc),
-        torch.get_num_threads())
+    out = torch.empty(cfg[0], cfg[3], cfg[4], cfg[14] * cfg[15], dtype=value.dtype)
+    _native.require("dcnv4_cpu").forward(dict(kernel_params(value, offset_mask, cfg), out=out.data_ptr(),
+                                              threads=torch.get_num_threads()))
     return out
 
 
 def _cpu_backward(value, offset_mask, grad_out, cfg):
-    shape, conv, G, D, s, rc = _cfg_lists(cfg)
     value = _channels_unit_stride(value)
     grad_out = _channels_unit_stride(grad_out)
     grad_value = torch.empty(value.shape, dtype=value.dtype)
     grad_om = torch.empty(offset_mask.shape, dtype=offset_mask.dtype)
-    _native.require("dcnv4_cpu").backward(
-        _common.dtype_name(value), value.data_ptr(), list(value.stride()), offset_mask.data_ptr(),
-        list(offset_mask.stride()), grad_out.data_ptr(), list(grad_out.stride()),
-        grad_value.data_ptr(), grad_om.data_ptr(), shape, conv, G, D, float(s), bool(rc),
-        torch.get_num_threads())
+    _native.require("dcnv4_cpu").backward(dict(
+        kernel_params(value, offset_mask, cfg), grad_output=grad_out.data_ptr(),
+        grad_output_strides=list(grad_out.stride()), grad_value=grad_value.data_ptr(),
+        grad_offset_mask=grad_om.data_ptr(), threads=torch.get_num_threads()))
     return grad_value, grad_om
 
 
-class DCNv4Function(torch.autograd.Function):
-    """Autograd around the CPU kernel; gradients for value and offset_mask (padding channels get 0).
+# ------------------------------------------------------------------------------------------------
+# Custom ops torch.ops.visionssm.dcnv4 / dcnv4_backward (py/ops/_library.py), with autograd
 
-    apply(value, offset_mask, cfg) with cfg = (N, H, W, Ho, Wo, P, kh, kw, sh, sw, ph, pw, dh, dw,
-    group, group_channels, offset_scale, remove_center); inputs already validated by `dcnv4`.
-    """
+def _cfg(value, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+         group, group_channels, offset_scale, remove_center):
+    """The kernels' cfg tuple (N, H, W, Ho, Wo, P, kh, kw, sh, sw, ph, pw, dh, dw, group, group_channels,
+    offset_scale, remove_center), the sizes read from the tensors."""
+    N, H, W, _ = value.shape
+    _, Ho, Wo, P = offset_mask.shape
+    return (N, H, W, Ho, Wo, P, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+            group, group_channels, float(offset_scale), bool(remove_center))
 
-    @staticmethod
-    def forward(ctx, value, offset_mask, cfg):
-        ctx.save_for_backward(value, offset_mask)
-        ctx.cfg = cfg
-        return _cpu_forward(value, offset_mask, cfg)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        value, offset_mask = ctx.saved_tensors
-        grad_value, grad_om = _cpu_backward(value, offset_mask, grad_out, ctx.cfg)
-        return (grad_value if ctx.needs_input_grad[0] else None,
-                grad_om if ctx.needs_input_grad[1] else None, None)
+def _check_native(op, value):
+    if value.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"visionssm::{op} on the CPU takes float32/float64 value, got {value.dtype}")
+
+
+@_library.custom_op("dcnv4")
+def dcnv4_op(value: torch.Tensor, offset_mask: torch.Tensor, kernel_h: int, kernel_w: int, stride_h: int,
+             stride_w: int, pad_h: int, pad_w: int, dilation_h: int, dilation_w: int, group: int,
+             group_channels: int, offset_scale: float = 1.0, remove_center: bool = False) -> torch.Tensor:
+    """`dcnv4_reference` of the same arguments (validated by `dcnv4`); CPU kernel: float32/float64."""
+    _check_native("dcnv4", value)
+    return _cpu_forward(value, offset_mask, _cfg(value, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h,
+                                                 pad_w, dilation_h, dilation_w, group, group_channels,
+                                                 offset_scale, remove_center))
+
+
+@dcnv4_op.register_fake
+def _(value, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group,
+      group_channels, offset_scale=1.0, remove_center=False):
+    return value.new_empty(offset_mask.shape[:3] + (group * group_channels,))
+
+
+@_library.custom_op("dcnv4_backward")
+def dcnv4_backward_op(grad_out: torch.Tensor, value: torch.Tensor, offset_mask: torch.Tensor, kernel_h: int,
+                      kernel_w: int, stride_h: int, stride_w: int, pad_h: int, pad_w: int, dilation_h: int,
+                      dilation_w: int, group: int, group_channels: int, offset_scale: float, remove_center: bool
+                      ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(grad_value, grad_offset_mask); deterministic (no atomics), padding channels of offset_mask get 0."""
+    _check_native("dcnv4_backward", value)
+    cfg = _cfg(value, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+               group, group_channels, offset_scale, remove_center)
+    return _cpu_backward(value, offset_mask, grad_out.to(value.dtype), cfg)
+
+
+@dcnv4_backward_op.register_fake
+def _(grad_out, value, offset_mask, *conv):
+    return value.new_empty(value.shape), offset_mask.new_empty(offset_mask.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], inputs[1])
+    ctx.conv = inputs[2:]
+
+
+def _backward(ctx, grad_out):
+    value, offset_mask = ctx.saved_tensors
+    grad_value, grad_om = dcnv4_backward_op(grad_out, value, offset_mask, *ctx.conv)
+    return (grad_value, grad_om) + (None,) * len(ctx.conv)
+
+
+dcnv4_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---- CUDA kernel registration ----  (the kernels and their first-call self-check: py/ops/dcnv4_cuda.py)
+@dcnv4_op.register_kernel("cuda")
+def _(value, offset_mask, *conv):
+    from py.ops import dcnv4_cuda
+    return dcnv4_cuda.op_forward(value, offset_mask, *conv)
+
+
+@dcnv4_backward_op.register_kernel("cuda")
+def _(grad_out, value, offset_mask, *conv):
+    from py.ops import dcnv4_cuda
+    return dcnv4_cuda.op_backward(grad_out, value, offset_mask, *conv)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -178,9 +242,12 @@ def dcnv4(value, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad
     sampling position as outside the image.
 
     Backends: "reference" = `dcnv4_reference` (F.grid_sample; any floating dtype/device);
-    "cpu" = the C++ kernel (float32/float64 CPU tensors, deterministic backward); "auto" = "cpu" for
-    float32/float64 CPU tensors, the reference otherwise (CUDA tensors warn once); "cuda" is not
-    implemented yet.
+    "cpu" = the C++ kernel (float32/float64 CPU tensors, deterministic backward); "cuda" = the CUDA
+    kernels (float32/float16/bfloat16; deterministic backward unless
+    py.ops.dcnv4_cuda.set_backward_mode("atomic"); compiled, not yet run on a GPU: the first call per
+    dtype/device self-checks against the reference and falls back to it with a warning if they
+    disagree); "auto" = "cpu" for float32/float64 CPU tensors, "cuda" for CUDA tensors of those
+    dtypes when the extension is built, the reference otherwise (CUDA tensors warn once).
     """
     _common.check_tensor("value", value, ndim=4, dtypes=_FLOATS, shape_doc="(N, H, W, group*group_channels)")
     _common.check_tensor("offset_mask", offset_mask, ndim=4, dtypes=(value.dtype,),
@@ -201,7 +268,8 @@ def dcnv4(value, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad
     if K < 1:
         raise ValueError("remove_center with a 1x1 kernel leaves no sampling point")
     offset_scale = float(offset_scale)
-    if not math.isfinite(offset_scale):
+    # Not math.isfinite: torch.compile(dynamic=True) traces offset_scale as a symbolic float.
+    if offset_scale != offset_scale or abs(offset_scale) == math.inf:
         raise ValueError(f"offset_scale must be finite, got {offset_scale}")
     N, H, W, C = value.shape
     if C != group * group_channels:
@@ -223,16 +291,16 @@ def dcnv4(value, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad
                          f"got shape {tuple(offset_mask.shape)}")
     native_dtype = value.dtype in (torch.float32, torch.float64)
     backend = _common.resolve_backend("dcnv4", backend, value.device,
-                                      cpu_dtype_ok=native_dtype and value.device.type == "cpu")
+                                      cpu_dtype_ok=native_dtype and value.device.type == "cpu",
+                                      cuda_extension="dcnv4_cuda" if value.dtype != torch.float64 else None)
     args = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
             group, group_channels, offset_scale, remove_center)
     if backend == "cuda":
-        raise NotImplementedError("dcnv4: backend='cuda' has no CUDA kernel yet; use backend='reference'")
+        from py.ops import dcnv4_cuda
+        dcnv4_cuda.check_launch(value, offset_mask)
     # FLOP convention (py.models.flops): 4 MACs of bilinear sampling + 1 of modulation per output
     # channel and sampling point, 5*N*H_out*W_out*group*group_channels*K (InternImage's DCNv3 rule).
     with _common.op_scope("dcnv4", lambda: 5 * N * Ho * Wo * group * group_channels * K):
         if backend == "reference":
             return dcnv4_reference(value, offset_mask, *args)
-        cfg = (N, H, W, Ho, Wo, P, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
-               dilation_w, group, group_channels, offset_scale, remove_center)
-        return DCNv4Function.apply(value, offset_mask, cfg)
+        return dcnv4_op(value, offset_mask, *args)

@@ -4,13 +4,17 @@ Three layers, as in mamba_ssm:
   * `selective_scan_reference`: the sequential recurrence in plain PyTorch (any float dtype; the
     oracle of the tests, differentiable through autograd);
   * the native kernel `cc.kernels.selective_scan_cpu` (float32/float64 forward and backward);
-  * `SelectiveScanCpuFn`, the torch.autograd.Function that calls the kernel's forward/backward.
+  * the custom ops torch.ops.visionssm.selective_scan / selective_scan_backward over the kernels (CPU
+    here, CUDA from py/ops/selective_scan_cuda.py), with their fake implementation and autograd, so
+    torch.compile and torch.export keep them in the graph.
 `selective_scan` validates the arguments and dispatches on `backend`.
 """
+from typing import Optional, Tuple
+
 import torch
 import torch.nn.functional as F
 
-from py.ops import _common, _native
+from py.ops import _common, _library, _native
 from py.ops.observe import observable
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -105,71 +109,141 @@ def kernel_params(u, delta, A, B, C, D, z, delta_bias, softplus):
                 z=_ptr(z), z_batch_stride=0 if z is None else z.stride(0), z_dim_stride=0 if z is None else z.stride(1))
 
 
-class SelectiveScanCpuFn(torch.autograd.Function):
-    """CPU kernel forward/backward. All tensor inputs share one dtype, float32 or float64; u, delta,
-    z, B, C have unit stride on their last (time) axis. Returns (y, last_state or None).
+# --------------------------------------------------------------------------------------------
+# Custom ops: torch.ops.visionssm.selective_scan / selective_scan_backward (py/ops/_library.py)
 
-    Saved for the backward: the inputs, and the state every `chunk` steps. On the float32 N = 1 path
-    (VMamba; `n1_path()` of the extension) the forward saves softplus(δ) in place of delta, which
-    spares the backward that math."""
 
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, save=True):
-        mod = _native.require(_EXT)
-        u, delta, B, C, z = (_lastdim_contig(t) for t in (u, delta, B, C, z))
-        batch, dim, L = u.shape
-        N = A.shape[1]
-        chunk = mod.chunk_len(N)
-        nblk = -(-L // chunk)
-        # needs_input_grad stays True under torch.no_grad(); the caller says whether a graph is built.
-        needs_grad = bool(save) and any(ctx.needs_input_grad[:8])
-        y = torch.empty(batch, dim, L, dtype=u.dtype)
-        last = torch.empty(batch, dim, N, dtype=u.dtype) if return_last_state else None
-        ckpt = torch.empty(batch, dim, nblk, N, dtype=u.dtype) if needs_grad and nblk > 1 else None
-        # The N = 1 float32 path saves softplus(δ) for the backward (replacing delta among the saved
-        # tensors): the backward then skips that math.
-        n1 = needs_grad and u.dtype == torch.float32 and mod.n1_path(N, z is not None, dim // B.shape[1])
-        saved = torch.empty(batch * dim * L, dtype=u.dtype) if n1 else None
-        params = kernel_params(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-        mod.forward(dict(params, y=y.data_ptr(), last_state=_ptr(last), ckpt=_ptr(ckpt), saved_delta=_ptr(saved)),
-                    threads=torch.get_num_threads())
-        ctx.softplus = bool(delta_softplus)
-        ctx.has = (D is not None, z is not None, delta_bias is not None)
-        if needs_grad:
-            ctx.save_for_backward(u, None if n1 else delta, A, B, C, D, z, delta_bias, ckpt, saved)
-        if last is not None:
-            ctx.mark_non_differentiable(last)
-        return y, last
+def _residuals(u, N, groups, has_z, save, device_type):
+    """Shapes and dtype of the forward's saved residuals (ckpt, saved_delta) for the backward kernel;
+    None = absent. A function of sizes only, shared by the kernels and the fake implementation.
+    CPU: the state every chunk_len(N) steps (only with more than one block) and, on the float32 N = 1
+    path, softplus(δ) (the backward then skips that math). CUDA: the float32 state every chunk."""
+    if not save:
+        return None, None, u.dtype
+    batch, dim, L = u.shape
+    if device_type == "cuda":
+        chunk = _native.require("selective_scan_cuda").chunk_len()
+        return (batch, dim, -(-L // chunk), N), None, torch.float32
+    mod = _native.require(_EXT)
+    nblk = -(-L // mod.chunk_len(N))
+    n1 = u.dtype == torch.float32 and mod.n1_path(N, has_z, dim // groups)
+    return ((batch, dim, nblk, N) if nblk > 1 else None), ((batch * dim * L,) if n1 else None), u.dtype
 
-    @staticmethod
-    def backward(ctx, dy, _dlast):
-        mod = _native.require(_EXT)
-        u, delta, A, B, C, D, z, delta_bias, ckpt, saved = ctx.saved_tensors
-        batch, dim, L = u.shape
-        groups, N = B.shape[1], A.shape[1]
-        dy = _lastdim_contig(dy.to(u.dtype))
-        slices = _slices(batch, groups, dim // groups)
-        du = torch.empty(batch, dim, L, dtype=u.dtype)
-        ddelta = torch.empty_like(du)
-        dz = torch.empty_like(du) if z is not None else None
-        dA_part = torch.empty(batch, dim, N, dtype=u.dtype)
-        dB_part = torch.empty(slices, batch, groups, N, L, dtype=u.dtype)
-        dC_part = torch.empty_like(dB_part)
-        dD_part = torch.empty(batch, dim, dtype=u.dtype) if D is not None else None
-        dbias_part = torch.empty(batch, dim, dtype=u.dtype) if delta_bias is not None else None
-        params = kernel_params(u, delta, A, B, C, D, z, delta_bias, ctx.softplus)
-        params.update(saved_delta=_ptr(saved), ckpt=_ptr(ckpt), dout=dy.data_ptr(),
-                      dout_batch_stride=dy.stride(0), dout_dim_stride=dy.stride(1), du=du.data_ptr(),
-                      ddelta=ddelta.data_ptr(), dz=_ptr(dz), dA_part=dA_part.data_ptr(),
-                      dB_part=dB_part.data_ptr(), dC_part=dC_part.data_ptr(), dD_part=_ptr(dD_part),
-                      dbias_part=_ptr(dbias_part), slices=slices)
-        mod.backward(params, threads=torch.get_num_threads())
-        dA = dA_part.sum(0)
-        dB = dB_part[0] if slices == 1 else dB_part.sum(0)
-        dC = dC_part[0] if slices == 1 else dC_part.sum(0)
-        dD = dD_part.sum(0) if dD_part is not None else None
-        dbias = dbias_part.sum(0) if dbias_part is not None else None
-        return du, ddelta, dA, dB, dC, dD, dz, dbias, None, None, None
+
+@_library.custom_op("selective_scan")
+def selective_scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                      D: Optional[torch.Tensor] = None, z: Optional[torch.Tensor] = None,
+                      delta_bias: Optional[torch.Tensor] = None, delta_softplus: bool = False,
+                      save_for_backward: bool = False
+                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, last_state, ckpt, saved_delta) = `selective_scan_reference(..., return_last_state=True)` plus the
+    backward's residuals (absent unless save_for_backward). B, C 4-D. CPU kernel: u, delta, B, C, z
+    float32/float64 of one dtype (A, D, delta_bias are cast to it)."""
+    mod = _native.require(_EXT)
+    if u.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"visionssm::selective_scan on the CPU takes float32/float64 u, got {u.dtype}")
+    u, delta, B, C, z = (_lastdim_contig(t) for t in (u, delta, B, C, z))
+    A, D, delta_bias = (None if t is None else t.to(u.dtype) for t in (A, D, delta_bias))
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    ckpt_shape, saved_shape, _ = _residuals(u, N, B.shape[1], z is not None, save_for_backward, "cpu")
+    y = torch.empty(batch, dim, L, dtype=u.dtype)
+    last = torch.empty(batch, dim, N, dtype=u.dtype)
+    ckpt = torch.empty(ckpt_shape, dtype=u.dtype) if ckpt_shape else None
+    saved = torch.empty(saved_shape, dtype=u.dtype) if saved_shape else None
+    params = kernel_params(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    mod.forward(dict(params, y=y.data_ptr(), last_state=last.data_ptr(), ckpt=_ptr(ckpt), saved_delta=_ptr(saved)),
+                threads=torch.get_num_threads())
+    return (y, last, _library.absent(u) if ckpt is None else ckpt,
+            _library.absent(u) if saved is None else saved)
+
+
+@selective_scan_op.register_fake
+def _(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, save_for_backward=False):
+    ckpt, saved, rdtype = _residuals(u, A.shape[1], B.shape[1], z is not None, save_for_backward, u.device.type)
+    res = lambda shape: u.new_empty(shape if shape else (0,), dtype=rdtype if shape else u.dtype)
+    return u.new_empty(delta.shape), u.new_empty(delta.shape[:2] + A.shape[1:]), res(ckpt), res(saved)
+
+
+@_library.custom_op("selective_scan_backward")
+def selective_scan_backward_op(dy: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
+                               B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor],
+                               z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
+                               delta_softplus: bool, ckpt: torch.Tensor, saved_delta: torch.Tensor
+                               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                          torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias), each in its input's dtype, from the residuals the forward op saved
+    (dD/dz/ddelta_bias are absent when D/z/delta_bias is None). dB/dC sums are deterministic."""
+    mod = _native.require(_EXT)
+    u, delta, B, C, z = (_lastdim_contig(t) for t in (u, delta, B, C, z))
+    dtypes = [None if t is None else t.dtype for t in (A, D, delta_bias)]
+    A, D, delta_bias = (None if t is None else t.to(u.dtype) for t in (A, D, delta_bias))
+    batch, dim, L = u.shape
+    groups, N = B.shape[1], A.shape[1]
+    dy = _lastdim_contig(dy.to(u.dtype))
+    slices = _slices(batch, groups, dim // groups)
+    du = torch.empty(batch, dim, L, dtype=u.dtype)
+    ddelta = torch.empty_like(du)
+    dz = torch.empty_like(du) if z is not None else None
+    dA_part = torch.empty(batch, dim, N, dtype=u.dtype)
+    # one slice: the kernel writes the final dB/dC directly (no view of a bigger buffer is returned)
+    dB_part = torch.empty((slices,) * (slices > 1) + (batch, groups, N, L), dtype=u.dtype)
+    dC_part = torch.empty_like(dB_part)
+    dD_part = torch.empty(batch, dim, dtype=u.dtype) if D is not None else None
+    dbias_part = torch.empty(batch, dim, dtype=u.dtype) if delta_bias is not None else None
+    saved = saved_delta if saved_delta.numel() else None
+    # The N = 1 float32 path reads softplus(δ) from `saved` instead of delta.
+    params = kernel_params(u, None if saved is not None else delta, A, B, C, D, z, delta_bias, delta_softplus)
+    params.update(saved_delta=_ptr(saved), ckpt=_ptr(ckpt if ckpt.numel() else None), dout=dy.data_ptr(),
+                  dout_batch_stride=dy.stride(0), dout_dim_stride=dy.stride(1), du=du.data_ptr(),
+                  ddelta=ddelta.data_ptr(), dz=_ptr(dz), dA_part=dA_part.data_ptr(),
+                  dB_part=dB_part.data_ptr(), dC_part=dC_part.data_ptr(), dD_part=_ptr(dD_part),
+                  dbias_part=_ptr(dbias_part), slices=slices)
+    mod.backward(params, threads=torch.get_num_threads())
+    absent = lambda: _library.absent(u)  # one each: outputs must not alias
+    return (du, ddelta, dA_part.sum(0).to(dtypes[0]), dB_part.sum(0) if slices > 1 else dB_part,
+            dC_part.sum(0) if slices > 1 else dC_part, absent() if D is None else dD_part.sum(0).to(dtypes[1]),
+            absent() if dz is None else dz, absent() if delta_bias is None else dbias_part.sum(0).to(dtypes[2]))
+
+
+@selective_scan_backward_op.register_fake
+def _(dy, u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, saved_delta):
+    like = lambda t: u.new_empty(0) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
+    return (u.new_empty(delta.shape), u.new_empty(delta.shape), like(A), like(B), like(C), like(D), like(z),
+            like(delta_bias))
+
+
+def _setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, z, delta_bias, softplus, save = inputs
+    _, _, ckpt, saved = output
+    ctx.softplus, ctx.saved_residuals = softplus, save
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt, saved)
+
+
+def _backward(ctx, dy, _dlast, _dckpt, _dsaved):
+    u, delta, A, B, C, D, z, delta_bias, ckpt, saved = ctx.saved_tensors
+    if not ctx.saved_residuals:  # called without save_for_backward: recompute what the backward reads
+        _, _, ckpt, saved = selective_scan_op(u, delta, A, B, C, D, z, delta_bias, ctx.softplus, True)
+    grads = selective_scan_backward_op(dy, u, delta, A, B, C, D, z, delta_bias, ctx.softplus, ckpt, saved)
+    du, ddelta, dA, dB, dC, dD, dz, dbias = grads
+    return (du, ddelta, dA, dB, dC, _library.present(dD, D is not None), _library.present(dz, z is not None),
+            _library.present(dbias, delta_bias is not None), None, None)
+
+
+selective_scan_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---- CUDA kernel registration ----  (the kernels and their first-call self-check: py/ops/selective_scan_cuda.py)
+@selective_scan_op.register_kernel("cuda")
+def _(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, save_for_backward=False):
+    from py.ops import selective_scan_cuda
+    return selective_scan_cuda.op_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_for_backward)
+
+
+@selective_scan_backward_op.register_kernel("cuda")
+def _(dy, u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, saved_delta):
+    from py.ops import selective_scan_cuda
+    return selective_scan_cuda.op_backward(dy, u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt)
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,19 +325,18 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
 
 def _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, backend, op):
-    if backend == "cuda":  # the CUDA kernels, with a first-call self-check (py.ops.selective_scan_cuda)
-        from py.ops import selective_scan_cuda
-        return selective_scan_cuda.run(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
-                                       selective_scan_reference)
     if backend == "reference":
         return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-
-    cd = _compute_dtype(u.dtype)
     tensors = (u, delta, A, B, C, D, z, delta_bias)
+    if backend == "cuda":  # the CUDA kernels take 16-bit inputs as they are
+        from py.ops import selective_scan_cuda
+        selective_scan_cuda.check_launch(*tensors)
+    else:  # the CPU kernel computes in float32/float64: 16-bit inputs go through a float32 copy
+        cd = _compute_dtype(u.dtype)
+        tensors = [None if t is None else t.to(cd) for t in tensors]
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    cast = [None if t is None else t.to(cd) for t in tensors]
-    y, last = SelectiveScanCpuFn.apply(*cast, bool(delta_softplus), bool(return_last_state), save)
+    y, last, _, _ = selective_scan_op(*tensors, bool(delta_softplus), save)
     y = y.to(u.dtype)
     if return_last_state:
-        return y, last.to(u.dtype)
+        return y, last.detach().to(u.dtype)
     return y

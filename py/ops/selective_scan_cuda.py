@@ -1,9 +1,10 @@
 """Selective scan on CUDA: binding of `cc.kernels.selective_scan_cuda` (not yet run on a GPU).
 
-  * `SelectiveScanCudaFn`: autograd Function over the forward/backward kernels (float32/float16/
-    bfloat16 inputs, float32 state; d_state 1..256; groups; optional z/D/delta_bias/softplus; any L;
-    deterministic backward);
-  * `run(...)`: what `selective_scan(..., backend="cuda")` calls, with the first-call self-check;
+  * `kernel_forward`/`kernel_backward`: the forward/backward kernels (float32/float16/bfloat16 inputs,
+    float32 state; d_state 1..256; groups; optional z/D/delta_bias/softplus; any L; deterministic
+    backward), and `SelectiveScanCudaFn`, autograd over them;
+  * `op_forward`/`op_backward`: the CUDA kernels of torch.ops.visionssm.selective_scan(_backward)
+    (registered in py.ops.selective_scan), with the first-call self-check; `check_launch`;
   * `selective_scan_cross2d`: VMamba's cross-scan + scan + cross-merge with the four traversals
     folded into the kernels' indexing (no (B, 4, C, L) copy of the map).
 """
@@ -39,71 +40,87 @@ def launch_params(u, delta, A32, B, C, D32, z, bias32, softplus, hw=None):
     return p
 
 
+def kernel_forward(u, delta, A, B, C, D, z, delta_bias, softplus, hw, save):
+    """The forward kernel: (y, last_state float32, ckpt float32 or None). hw = (H, W) selects cross-2D:
+    u is the map (batch, dim/4, H, W) and y the merged (batch, dim/4, H, W); otherwise (batch, dim, L)."""
+    mod = _native.require(EXT)
+    if hw is None:
+        u = _lastdim_contig(u)
+    delta, B, C, z = (_lastdim_contig(t) for t in (delta, B, C, z))
+    A32, D32, bias32 = _f32(A), _f32(D), _f32(delta_bias)
+    batch, dim, L = delta.shape
+    N = A.shape[1]
+    nchunks = -(-L // mod.chunk_len())
+    f32 = dict(dtype=torch.float32, device=delta.device)
+    y = torch.empty(batch, dim, L, dtype=delta.dtype, device=delta.device)
+    last = torch.empty(batch, dim, N, **f32)
+    ckpt = torch.empty(batch, dim, nchunks, N, **f32) if save else None
+    params = launch_params(u, delta, A32, B, C, D32, z, bias32, softplus, hw)
+    mod.forward(dict(params, y=y.data_ptr(), last_state=last.data_ptr(), ckpt=_ptr(ckpt)),
+                _cuda_dispatch.stream_of(delta))
+    if hw is not None:  # cross-merge: each traversal wrote its y at its pixels; sum the four
+        y = y.view(batch, 4, dim // 4, *hw).sum(1)
+    return y, last, ckpt
+
+
+def kernel_backward(dy, u, delta, A, B, C, D, z, delta_bias, softplus, hw, ckpt):
+    """The backward kernel: (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias), each in its input's dtype
+    (None for an absent input), from the forward's ckpt."""
+    mod = _native.require(EXT)
+    if hw is None:
+        u = _lastdim_contig(u)
+    delta, B, C, z = (_lastdim_contig(t) for t in (delta, B, C, z))
+    A32, D32, bias32 = _f32(A), _f32(D), _f32(delta_bias)
+    batch, dim, L = delta.shape
+    groups, N = B.shape[1], A32.shape[1]
+    dy = dy.to(delta.dtype)
+    dy = dy if hw is not None else _lastdim_contig(dy)
+    like = dict(dtype=delta.dtype, device=delta.device)
+    f32 = dict(dtype=torch.float32, device=delta.device)
+    slices = mod.bwd_slices(dim, groups, N)
+    du, ddelta = torch.empty(batch, dim, L, **like), torch.empty(batch, dim, L, **like)
+    dz = torch.empty(batch, dim, L, **like) if z is not None else None
+    dA_part = torch.empty(batch, dim, N, **f32)
+    dB_part, dC_part = (torch.empty(slices, batch, groups, N, L, **f32) for _ in range(2))
+    dD_part = torch.empty(batch, dim, **f32) if D32 is not None else None
+    dbias_part = torch.empty(batch, dim, **f32) if bias32 is not None else None
+    params = launch_params(u, delta, A32, B, C, D32, z, bias32, softplus, hw)
+    params.update(dout=dy.data_ptr(), dout_batch_stride=dy.stride(0), dout_dim_stride=dy.stride(1),
+                  ckpt=ckpt.data_ptr(), du=du.data_ptr(), ddelta=ddelta.data_ptr(), dz=_ptr(dz),
+                  dA_part=dA_part.data_ptr(), dB_part=dB_part.data_ptr(), dC_part=dC_part.data_ptr(),
+                  dD_part=_ptr(dD_part), dbias_part=_ptr(dbias_part))
+    if hw is not None:
+        params.update(dout_h_stride=dy.stride(2), dout_w_stride=dy.stride(3))
+    mod.backward(params, _cuda_dispatch.stream_of(delta))
+    if hw is not None:  # each traversal wrote du at its pixels: the map's gradient is their sum
+        du = du.view(batch, 4, dim // 4, *hw).sum(1).to(u.dtype)
+    # Fixed-order sums (torch reductions over a leading dim are deterministic).
+    return (du, ddelta, dA_part.sum(0).to(A.dtype), dB_part.sum(0).to(B.dtype), dC_part.sum(0).to(C.dtype),
+            None if D is None else dD_part.sum(0).to(D.dtype), dz,
+            None if delta_bias is None else dbias_part.sum(0).to(delta_bias.dtype))
+
+
 class SelectiveScanCudaFn(torch.autograd.Function):
-    """Forward/backward CUDA kernels. hw = (H, W) selects cross-2D: u is the map (batch, dim/4, H, W)
-    and y = the merged (batch, dim/4, H, W); otherwise u, y are (batch, dim, L). Returns (y, last)."""
+    """Autograd over `kernel_forward`/`kernel_backward` (the fused cross-2D op and the self-check use it;
+    py.ops.selective_scan goes through the custom op). Returns (y, last or None)."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, return_last_state, hw, save):
-        mod = _native.require(EXT)
-        if hw is None:
-            u = _lastdim_contig(u)
-        delta, B, C, z = (_lastdim_contig(t) for t in (delta, B, C, z))
-        A32, D32, bias32 = _f32(A), _f32(D), _f32(delta_bias)
-        batch, dim, L = delta.shape
-        N = A.shape[1]
-        nchunks = -(-L // mod.chunk_len())
-        f32 = dict(dtype=torch.float32, device=delta.device)
         needs_grad = bool(save) and any(ctx.needs_input_grad[:8])
-        y = torch.empty(batch, dim, L, dtype=delta.dtype, device=delta.device)
-        last = torch.empty(batch, dim, N, **f32) if return_last_state else None
-        ckpt = torch.empty(batch, dim, nchunks, N, **f32) if needs_grad else None
-        params = launch_params(u, delta, A32, B, C, D32, z, bias32, softplus, hw)
-        mod.forward(dict(params, y=y.data_ptr(), last_state=_ptr(last), ckpt=_ptr(ckpt)), _cuda_dispatch.stream_of(delta))
-        if hw is not None:  # cross-merge: each traversal wrote its y at its pixels; sum the four
-            y = y.view(batch, 4, dim // 4, *hw).sum(1)
+        y, last, ckpt = kernel_forward(u, delta, A, B, C, D, z, delta_bias, softplus, hw, needs_grad)
         ctx.softplus, ctx.hw = bool(softplus), hw
-        ctx.dtypes = tuple(None if t is None else t.dtype for t in (A, D, delta_bias))
         if needs_grad:
-            ctx.save_for_backward(u, delta, A32, B, C, D32, z, bias32, ckpt)
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)
+        last = last if return_last_state else None
         if last is not None:
             ctx.mark_non_differentiable(last)
         return y, last
 
     @staticmethod
     def backward(ctx, dy, _dlast):
-        mod = _native.require(EXT)
-        u, delta, A32, B, C, D32, z, bias32, ckpt = ctx.saved_tensors
-        batch, dim, L = delta.shape
-        groups, N = B.shape[1], A32.shape[1]
-        dy = dy.to(delta.dtype)
-        dy = dy if ctx.hw is not None else _lastdim_contig(dy)
-        like = dict(dtype=delta.dtype, device=delta.device)
-        f32 = dict(dtype=torch.float32, device=delta.device)
-        slices = mod.bwd_slices(dim, groups, N)
-        du, ddelta = torch.empty(batch, dim, L, **like), torch.empty(batch, dim, L, **like)
-        dz = torch.empty(batch, dim, L, **like) if z is not None else None
-        dA_part = torch.empty(batch, dim, N, **f32)
-        dB_part, dC_part = (torch.empty(slices, batch, groups, N, L, **f32) for _ in range(2))
-        dD_part = torch.empty(batch, dim, **f32) if D32 is not None else None
-        dbias_part = torch.empty(batch, dim, **f32) if bias32 is not None else None
-        params = launch_params(u, delta, A32, B, C, D32, z, bias32, ctx.softplus, ctx.hw)
-        params.update(dout=dy.data_ptr(), dout_batch_stride=dy.stride(0), dout_dim_stride=dy.stride(1),
-                      ckpt=ckpt.data_ptr(), du=du.data_ptr(), ddelta=ddelta.data_ptr(), dz=_ptr(dz),
-                      dA_part=dA_part.data_ptr(), dB_part=dB_part.data_ptr(), dC_part=dC_part.data_ptr(),
-                      dD_part=_ptr(dD_part), dbias_part=_ptr(dbias_part))
-        if ctx.hw is not None:
-            params.update(dout_h_stride=dy.stride(2), dout_w_stride=dy.stride(3))
-        mod.backward(params, _cuda_dispatch.stream_of(delta))
-        if ctx.hw is not None:  # each traversal wrote du at its pixels: the map's gradient is their sum
-            du = du.view(batch, 4, dim // 4, *ctx.hw).sum(1).to(u.dtype)
-        # Fixed-order sums (torch reductions over a leading dim are deterministic).
-        dA = dA_part.sum(0).to(ctx.dtypes[0])
-        dB = dB_part.sum(0).to(B.dtype)
-        dC = dC_part.sum(0).to(C.dtype)
-        dD = dD_part.sum(0).to(ctx.dtypes[1]) if dD_part is not None else None
-        dbias = dbias_part.sum(0).to(ctx.dtypes[2]) if dbias_part is not None else None
-        return du, ddelta, dA, dB, dC, dD, dz, dbias, None, None, None, None
+        u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
+        grads = kernel_backward(dy, u, delta, A, B, C, D, z, delta_bias, ctx.softplus, ctx.hw, ckpt)
+        return grads + (None, None, None, None)
 
 
 def _apply(u, delta, A, B, C, D, z, delta_bias, softplus, return_last_state, hw):
@@ -147,33 +164,62 @@ def _check(op, dtype, device, N, groups, z, D, bias, softplus, hw, reference):
     return _cuda_dispatch.self_check(key, dtype, device, kernel, ref, *_TOL[dtype])
 
 
-def run(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, reference):
-    """backend='cuda' of `selective_scan` (arguments already validated there). Falls back to
-    `reference` (with one warning) if the kernel failed its self-check for this dtype/device."""
+def check_launch(u, delta, A, B, C, D, z, delta_bias):
+    """What backend='cuda' of `selective_scan` needs beyond its own checks (arguments validated there)."""
     op = "selective_scan"
     _cuda_dispatch.check_cuda_tensors(op, DTYPES, u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
-    N = A.shape[1]
-    if N > 256:
-        raise ValueError(f"{op}: the CUDA kernel supports d_state (A.shape[1]) <= 256, got {N}")
-    batch, dim, L = u.shape
-    if batch * dim * L == 0:
-        return reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if A.shape[1] > 256:
+        raise ValueError(f"{op}: the CUDA kernel supports d_state (A.shape[1]) <= 256, got {A.shape[1]}")
+
+
+def _kernel_ok(u, A, B, D, z, delta_bias, softplus):
+    """The kernels run this call: a non-empty problem whose configuration passed the self-check."""
+    from py.ops.selective_scan import selective_scan_reference
 
     def ref2(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-        return reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
-    if not _check(op, u.dtype, u.device, N, B.shape[1], z is not None, D is not None, delta_bias is not None,
-                  delta_softplus, None, ref2):
-        return reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    return _apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, None)
+    return u.numel() > 0 and _check("selective_scan", u.dtype, u.device, A.shape[1], B.shape[1], z is not None,
+                                    D is not None, delta_bias is not None, softplus, None, ref2)
+
+
+def op_forward(u, delta, A, B, C, D, z, delta_bias, softplus, save):
+    """CUDA kernel of torch.ops.visionssm.selective_scan (registered in py.ops.selective_scan): the
+    kernels, or the reference where they failed their self-check (with a zero ckpt: the backward then
+    differentiates the reference too)."""
+    from py.ops.selective_scan import selective_scan_reference
+    if _kernel_ok(u, A, B, D, z, delta_bias, softplus):
+        y, last, ckpt = kernel_forward(u, delta, A, B, C, D, z, delta_bias, softplus, None, save)
+    else:
+        with torch.no_grad():
+            y, last = selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, softplus, True)
+        batch, dim, L = delta.shape
+        chunk = _native.require(EXT).chunk_len()
+        ckpt = delta.new_zeros(batch, dim, -(-L // chunk), A.shape[1], dtype=torch.float32) if save else None
+    return y, last.to(y.dtype), u.new_empty(0) if ckpt is None else ckpt, u.new_empty(0)
+
+
+def op_backward(dy, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt):
+    """CUDA kernel of torch.ops.visionssm.selective_scan_backward, the same choice as `op_forward`."""
+    from py.ops.selective_scan import selective_scan_reference
+    tensors = (u, delta, A, B, C, D, z, delta_bias)
+    if _kernel_ok(u, A, B, D, z, delta_bias, softplus):
+        grads = kernel_backward(dy, u, delta, A, B, C, D, z, delta_bias, softplus, None, ckpt)
+        return tuple(u.new_empty(0) if g is None else g for g in grads)
+    with torch.enable_grad():
+        leaves = [None if t is None else t.detach().requires_grad_() for t in tensors]
+        y = selective_scan_reference(*leaves, softplus)
+        grads = iter(torch.autograd.grad(y, [t for t in leaves if t is not None], dy, materialize_grads=True))
+    return tuple(u.new_empty(0) if t is None else next(grads) for t in leaves)
 
 
 def fused_cross2d_applies(x, d_state, backend="auto"):
     """Whether a model should call `selective_scan_cross2d` instead of cross_scan -> selective_scan ->
     cross_merge for the map x: x is a CUDA tensor of a kernel dtype, d_state fits the kernels, and
     `backend` (after any force_backend) resolves to the built CUDA extension. Anything else (CPU,
-    "reference", an unbuilt extension, a backend that would raise) keeps the unfused ops."""
-    if x.device.type != "cuda" or x.dtype not in DTYPES or d_state > 256:
+    "reference", an unbuilt extension, a backend that would raise) keeps the unfused ops, and so does
+    graph capture (torch.compile/export): the fused path is not a custom op, the unfused ones are."""
+    if x.device.type != "cuda" or x.dtype not in DTYPES or d_state > 256 or torch.compiler.is_compiling():
         return False
     try:  # op name "selective_scan": its one-time fallback warning is the unfused scan's own
         resolved = _common.resolve_backend("selective_scan", backend, x.device, cuda_extension=EXT)

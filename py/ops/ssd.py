@@ -5,15 +5,17 @@ Three layers, like mamba_ssm:
      `ssd_reference_sequential` (the per-timestep recurrence, the test oracle) and
      `ssd_reference_chunked` (the chunked SSD algorithm with matmuls, the benchmark anchor);
   2. the C++ kernel `cc.kernels.ssd_cpu` (forward and backward, float32/float64);
-  3. `SsdCpuFunction`, the torch.autograd.Function that calls the kernel's forward/backward.
+  3. the custom ops torch.ops.visionssm.ssd / ssd_backward over the kernel, with their fake
+     implementation and autograd, so torch.compile and torch.export keep them in the graph.
 The public entry point is `ssd`.
 """
 import math
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from py.ops import _common, _native
+from py.ops import _common, _library, _native
 from py.ops.observe import observable
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -260,12 +262,18 @@ def _d_view(D):
     return D, list(D.stride())
 
 
-def _kernel_inputs(x, dt, A, B, C, D, z, dt_bias, initial_states):
+def kernel_params(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, causal, initial_states):
+    """The inputs as the dict of cc/kernels/ssd/ssd_params.h fields, read by both the CPU and the
+    CUDA module (ssd_params_dict.h); callers add the output, workspace and thread entries."""
+    b, L, h, p = x.shape
     Dt, D_s = _d_view(D)
-    return [_addr(x), _strides(x, 4), _addr(dt), _strides(dt, 3), _addr(A), _strides(A, 1),
-            _addr(B), _strides(B, 4), _addr(C), _strides(C, 4), _addr(Dt), D_s,
-            _addr(z), _strides(z, 4), _addr(dt_bias), _strides(dt_bias, 1),
-            _addr(initial_states), _strides(initial_states, 4)]
+    params = dict(dtype=_common.dtype_name(x), causal=bool(causal), softplus=bool(dt_softplus), batch=b,
+                  seqlen=L, heads=h, headdim=p, groups=B.shape[2], dstate=B.shape[3], chunk_size=int(chunk_size))
+    for name, t, ndim in (("x", x, 4), ("dt", dt, 3), ("A", A, 1), ("B", B, 4), ("C", C, 4), ("z", z, 4),
+                          ("dt_bias", dt_bias, 1), ("initial_states", initial_states, 4)):
+        params[name], params[name + "_strides"] = _addr(t), _strides(t, ndim)
+    params["D"], params["D_strides"] = _addr(Dt), D_s
+    return params
 
 
 def _threads(b, L, h, p, n):
@@ -281,10 +289,9 @@ def _kernel_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, causal, 
     y = torch.empty(b, L, h, p, dtype=x.dtype)
     final = torch.empty(b, h, p, n, dtype=x.dtype)
     pregate = torch.empty(b, L, h, p, dtype=x.dtype) if (save_pregate and z is not None) else None
-    _native.require("ssd_cpu").fwd(
-        _common.dtype_name(x), bool(causal), [b, L, h, p, g, n], int(chunk_size),
-        bool(dt_softplus), *_kernel_inputs(x, dt, A, B, C, D, z, dt_bias, initial_states),
-        _addr(y), _addr(pregate), _addr(final), _threads(b, L, h, p, n))
+    params = kernel_params(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, causal, initial_states)
+    _native.require("ssd_cpu").fwd(dict(params, y=_addr(y), pregate=_addr(pregate), final_states=_addr(final),
+                                        threads=_threads(b, L, h, p, n)))
     return y, final, pregate
 
 
@@ -313,11 +320,11 @@ def _kernel_bwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, causal, 
     dbias = torch.empty(b, h, **dev)
     dinit = torch.empty(b, h, p, n, **dev) if causal else None
     saved_kv = None if causal else saved_kv
-    grads = [_addr(t) for t in (dy, dfinal, pregate, dx, ddt, dB, dC, dz, dA, dD, dbias, dinit, saved_kv)]
-    _native.require("ssd_cpu").bwd(
-        _common.dtype_name(x), bool(causal), [b, L, h, p, g, n], int(chunk_size),
-        bool(dt_softplus), *_kernel_inputs(x, dt, A, B, C, D, z, dt_bias, initial_states),
-        heads_per_task, grads, threads)
+    names = ("dout", "dfinal", "pregate", "dx", "ddt", "dB", "dC", "dz", "dA", "dD", "dbias", "dinit", "saved_kv")
+    grads = {k: _addr(t) for k, t in zip(names, (dy, dfinal, pregate, dx, ddt, dB, dC, dz, dA, dD, dbias, dinit,
+                                                 saved_kv))}
+    params = kernel_params(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, causal, initial_states)
+    _native.require("ssd_cpu").bwd(dict(params, **grads, heads_per_task=heads_per_task, threads=threads))
     if slots != g:
         dB = dB.view(b, L, g, k, n).sum(3)
         dC = dC.view(b, L, g, k, n).sum(3)
@@ -329,49 +336,102 @@ def _kernel_bwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, causal, 
 
 
 # ----------------------------------------------------------------------------------------------
-# Layer 3: autograd
+# Layer 3: custom ops torch.ops.visionssm.ssd / ssd_backward (py/ops/_library.py), with autograd
 # ----------------------------------------------------------------------------------------------
-class SsdCpuFunction(torch.autograd.Function):
-    """Autograd wrapper of the C++ kernel; returns (y, final_states). Inputs share one dtype
-    (float32 or float64) and live on the CPU. Gradients: x, dt, A, B, C, D, z, dt_bias, initial_states."""
-
-    @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_states, chunk_size, dt_softplus, causal):
-        y, final, pregate = _kernel_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, causal,
-                                        initial_states, save_pregate=True)
-        # Non-causal: final_states is KV^T, which the backward needs; saving it skips one GEMM pass.
-        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_states, pregate,
-                              None if causal else final)
-        ctx.config = (chunk_size, dt_softplus, causal)
-        return y, final
-
-    @staticmethod
-    def backward(ctx, dy, dfinal):
-        x, dt, A, B, C, D, z, dt_bias, initial_states, pregate, saved_kv = ctx.saved_tensors
-        chunk_size, dt_softplus, causal = ctx.config
-        if dy is None:
-            dy = torch.zeros_like(x)
-        dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit = _kernel_bwd(
-            x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, causal, initial_states, pregate,
-            dy, dfinal, saved_kv)
-        need = ctx.needs_input_grad
-        return (dx if need[0] else None, ddt if need[1] else None, dA if need[2] else None,
-                dB if need[3] else None, dC if need[4] else None, dD if need[5] else None,
-                dz if need[6] else None, ddt_bias if need[7] else None,
-                dinit if need[8] else None, None, None, None)
-
-
-def _ssd_cpu(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, causal, initial_states):
-    """Kernel path: casts the parameters to x's dtype, uses autograd only when a grad is needed."""
+def _kernel_args(x, A, B, C, D, z, dt_bias, initial_states):
+    """The kernel's view of the inputs: x, B, C, z with a unit last stride, the parameters in x's dtype."""
+    if x.dtype not in _NATIVE:
+        raise TypeError(f"visionssm::ssd on the CPU takes float32/float64 x, got {x.dtype}")
     cast = (lambda t: None if t is None else t.to(x.dtype))
-    A, D, dt_bias, initial_states = cast(A), cast(D), cast(dt_bias), cast(initial_states)
-    x, B, C, z = _unit_last(x), _unit_last(B), _unit_last(C), _unit_last(z)
-    tensors = (x, dt, A, B, C, D, z, dt_bias, initial_states)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return SsdCpuFunction.apply(*tensors, chunk_size, dt_softplus, causal)
-    y, final, _ = _kernel_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, causal,
-                              initial_states, save_pregate=False)
-    return y, final
+    return (_unit_last(x), cast(A), _unit_last(B), _unit_last(C), cast(D), _unit_last(z), cast(dt_bias),
+            cast(initial_states))
+
+
+@_library.custom_op("ssd")
+def ssd_op(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk_size: int,
+           D: Optional[torch.Tensor] = None, z: Optional[torch.Tensor] = None, dt_bias: Optional[torch.Tensor] = None,
+           dt_softplus: bool = False, causal: bool = True, initial_states: Optional[torch.Tensor] = None,
+           save_for_backward: bool = False) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, final_states, pregate): `ssd_reference_chunked(..., return_final_states=True)` and the backward's
+    residual y before the z gate (absent unless save_for_backward and z is given). CPU kernel: x, dt, B, C, z
+    float32/float64 of one dtype; A, D, dt_bias, initial_states are cast to it."""
+    x, A, B, C, D, z, dt_bias, initial_states = _kernel_args(x, A, B, C, D, z, dt_bias, initial_states)
+    y, final, pregate = _kernel_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, causal,
+                                    initial_states, save_pregate=save_for_backward)
+    return y, final, _library.absent(x) if pregate is None else pregate
+
+
+@ssd_op.register_fake
+def _(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False, causal=True, initial_states=None,
+      save_for_backward=False):
+    b, L, h, p = x.shape
+    pregate = x.new_empty(x.shape) if save_for_backward and z is not None else x.new_empty(0)
+    return x.new_empty(x.shape), x.new_empty(b, h, p, B.shape[3]), pregate
+
+
+@_library.custom_op("ssd_backward")
+def ssd_backward_op(dy: torch.Tensor, dfinal_states: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor,
+                    B: torch.Tensor, C: torch.Tensor, chunk_size: int, D: Optional[torch.Tensor],
+                    z: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor], dt_softplus: bool, causal: bool,
+                    initial_states: Optional[torch.Tensor], pregate: torch.Tensor, final_states: torch.Tensor
+                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                               torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinitial_states), each in its input's dtype (absent for an
+    absent input), from the forward op's residuals (pregate; non-causal: final_states = KV^T)."""
+    inputs = (x, dt, A, B, C, D, z, dt_bias, initial_states)
+    x, A, B, C, D, z, dt_bias, initial_states = _kernel_args(x, A, B, C, D, z, dt_bias, initial_states)
+    grads = _kernel_bwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, causal, initial_states,
+                        pregate if pregate.numel() else None, dy.to(x.dtype), dfinal_states.to(x.dtype),
+                        final_states)
+    return tuple(_library.absent(x) if t is None else g.to(t.dtype) for t, g in zip(inputs, grads))
+
+
+@ssd_backward_op.register_fake
+def _(dy, dfinal_states, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, causal, initial_states, pregate,
+      final_states):
+    return tuple(x.new_empty(0) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
+                 for t in (x, dt, A, B, C, D, z, dt_bias, initial_states))
+
+
+def _setup_context(ctx, inputs, output):
+    x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, causal, initial_states, save = inputs
+    _, final, pregate = output
+    ctx.config = (chunk_size, dt_softplus, causal, save)
+    ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_states, pregate, final)
+
+
+def _backward(ctx, dy, dfinal, _dpregate):
+    x, dt, A, B, C, D, z, dt_bias, initial_states, pregate, final = ctx.saved_tensors
+    chunk_size, dt_softplus, causal, saved = ctx.config
+    dy = torch.zeros_like(x) if dy is None else dy
+    dfinal = torch.zeros_like(final) if dfinal is None else dfinal
+    if not saved and z is not None:  # called without save_for_backward: recompute the residual
+        pregate = ssd_op(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, causal, initial_states, True)[2]
+    grads = ssd_backward_op(dy, dfinal, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, causal,
+                            initial_states, pregate, final)
+    inputs = (x, dt, A, B, C, D, z, dt_bias, initial_states)
+    dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit = (_library.present(g, t is not None) for g, t in zip(grads, inputs))
+    return dx, ddt, dA, dB, dC, None, dD, dz, ddt_bias, None, None, dinit, None
+
+
+ssd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---- CUDA kernel registration ----  (the kernels and their first-call self-check: py/ops/ssd_cuda.py)
+@ssd_op.register_kernel("cuda")
+def _(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False, causal=True, initial_states=None,
+      save_for_backward=False):
+    from py.ops import ssd_cuda
+    return ssd_cuda.op_forward(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, causal, initial_states,
+                               save_for_backward)
+
+
+@ssd_backward_op.register_kernel("cuda")
+def _(dy, dfinal_states, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, causal, initial_states, pregate,
+      final_states):
+    from py.ops import ssd_cuda
+    return ssd_cuda.op_backward(dy, dfinal_states, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, causal,
+                                initial_states, pregate)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -411,8 +471,11 @@ def ssd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=Fa
     x's dtype, A/D/dt_bias/initial_states are cast to it), with a backward for x, dt, A, B, C, D, z,
     dt_bias and initial_states; it caps its internal block length at min(chunk_size, 64) and cuts
     blocks early under strong decay, which does not change the result; float32 inputs accumulate
-    in float32. "cuda" is not implemented yet (raises NotImplementedError); "auto" picks "cpu" for
-    float32/float64 CPU tensors, the reference otherwise (CUDA tensors warn once).
+    in float32. "cuda" = the CUDA kernels cc.kernels.ssd_cuda (py/ops/ssd_cuda.py; compiled, not yet
+    run on a GPU): float32 (TF32 tensor cores)/float16/bfloat16 CUDA tensors, causal chunk_size <= 256;
+    the first call per configuration checks them against the reference and, if they disagree, warns
+    once and uses the reference. "auto" picks "cpu" for float32/float64 CPU tensors, "cuda" for CUDA
+    tensors the built kernels take, the reference otherwise (CUDA tensors warn once).
     A, D, dt_bias and dt are checked for NaN/inf (ValueError naming the argument); the large
     activations x, B, C, z are not scanned (NaN there propagates to the outputs).
     """
@@ -428,13 +491,19 @@ def ssd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=Fa
 
 def _ssd_dispatch(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, causal, initial_states,
                   return_final_states, backend):
+    from py.ops import ssd_cuda
     native_ok = x.device.type == "cpu" and x.dtype in _NATIVE
-    backend = _common.resolve_backend("ssd", backend, x.device, cpu_dtype_ok=native_ok, cuda_extension=None)
+    # "auto" takes the CUDA kernels for what they support (else the reference); "cuda" says why not.
+    cuda_ok = x.dtype in ssd_cuda.DTYPES and (not causal or chunk_size <= ssd_cuda.MAX_CHUNK)
+    backend = _common.resolve_backend("ssd", backend, x.device, cpu_dtype_ok=native_ok,
+                                      cuda_extension=ssd_cuda.EXT if cuda_ok else None)
     if backend == "cuda":
-        raise NotImplementedError("ssd: backend='cuda' has no CUDA kernel yet; use backend='reference' "
-                                  "(or 'auto') for CUDA tensors")
+        ssd_cuda.check_launch(x, dt, A, B, C, chunk_size, D, z, dt_bias, causal, initial_states)
     if backend == "reference":
         return _chunked(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, causal, initial_states,
                         return_final_states)
-    y, final = _ssd_cpu(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, causal, initial_states)
+    tensors = (x, dt, A, B, C, D, z, dt_bias, initial_states)
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    y, final, _ = ssd_op(x, dt, A, B, C, int(chunk_size), D, z, dt_bias, bool(dt_softplus), bool(causal),
+                         initial_states, save)
     return (y, final) if return_final_states else y

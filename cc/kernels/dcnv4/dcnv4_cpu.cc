@@ -35,6 +35,8 @@
 #include "cc/kernels/common/parallel.h"
 #include "cc/kernels/common/scratch.h"
 #include "cc/kernels/common/simd.h"
+#include "cc/kernels/dcnv4/dcnv4_params.h"
+#include "cc/kernels/dcnv4/dcnv4_params_dict.h"
 
 namespace {
 
@@ -431,66 +433,48 @@ void backward(const Geom& g, std::uintptr_t value, std::uintptr_t offset_mask,
 // ------------------------------------------------------------------------------------------------
 // Entry points
 
-Geom make_geom(const std::vector<int64_t>& shape, const std::vector<int64_t>& conv, int64_t group,
-               int64_t group_channels, double offset_scale, bool remove_center,
-               const std::vector<int64_t>& value_strides, const std::vector<int64_t>& om_strides) {
-  VSSM_CHECK(shape.size() == 6, "shape must be (N, H, W, Ho, Wo, P), got ", shape.size(), " values");
-  VSSM_CHECK(conv.size() == 8, "conv must be (kh, kw, sh, sw, ph, pw, dh, dw), got ", conv.size(),
-             " values");
-  VSSM_CHECK(value_strides.size() == 4, "value_strides must have 4 entries");
-  VSSM_CHECK(om_strides.size() == 4, "offset_mask_strides must have 4 entries");
+Geom make_geom(const visionssm::dcnv4::Params& p, const char* who) {
+  visionssm::dcnv4::check_geometry(p, who);
   Geom g{};
-  g.N = shape[0]; g.H = shape[1]; g.W = shape[2]; g.Ho = shape[3]; g.Wo = shape[4]; g.P = shape[5];
-  g.kh = conv[0]; g.kw = conv[1]; g.sh = conv[2]; g.sw = conv[3];
-  g.ph = conv[4]; g.pw = conv[5]; g.dh = conv[6]; g.dw = conv[7];
-  g.G = group;
-  g.D = group_channels;
-  g.remove_center = remove_center;
-  g.offset_scale = offset_scale;
-  g.K = g.kh * g.kw - (remove_center ? 1 : 0);
-  VSSM_CHECK(g.N >= 0 && g.H >= 1 && g.W >= 1 && g.Ho >= 0 && g.Wo >= 0, "bad sizes");
-  VSSM_CHECK(g.kh >= 1 && g.kw >= 1 && g.sh >= 1 && g.sw >= 1 && g.dh >= 1 && g.dw >= 1 &&
-                 g.ph >= 0 && g.pw >= 0,
-             "bad convolution parameters");
-  VSSM_CHECK(!remove_center || (g.kh % 2 == 1 && g.kw % 2 == 1), "remove_center needs odd kernels");
-  VSSM_CHECK(g.K >= 1 && g.G >= 0 && g.D >= 0, "need K >= 1 and group, group_channels >= 0");
-  VSSM_CHECK(g.P >= 3 * g.G * g.K, "P=", g.P, " < 3*group*K=", 3 * g.G * g.K);
-  VSSM_CHECK(value_strides[3] == 1, "value must have channel stride 1");
-  g.v_n = value_strides[0]; g.v_h = value_strides[1]; g.v_w = value_strides[2];
-  g.om_n = om_strides[0]; g.om_h = om_strides[1]; g.om_w = om_strides[2]; g.om_c = om_strides[3];
+  g.N = p.batch; g.H = p.height; g.W = p.width; g.Ho = p.out_height; g.Wo = p.out_width;
+  g.P = p.offset_channels;
+  g.kh = p.kernel_h; g.kw = p.kernel_w; g.sh = p.stride_h; g.sw = p.stride_w;
+  g.ph = p.pad_h; g.pw = p.pad_w; g.dh = p.dilation_h; g.dw = p.dilation_w;
+  g.G = p.group;
+  g.D = p.group_channels;
+  g.remove_center = p.remove_center;
+  g.offset_scale = p.offset_scale;
+  g.K = p.points();
+  g.v_n = p.value_strides[0]; g.v_h = p.value_strides[1]; g.v_w = p.value_strides[2];
+  g.om_n = p.offset_mask_strides[0]; g.om_h = p.offset_mask_strides[1];
+  g.om_w = p.offset_mask_strides[2]; g.om_c = p.offset_mask_strides[3];
+  g.go_n = p.grad_output_strides[0]; g.go_h = p.grad_output_strides[1]; g.go_w = p.grad_output_strides[2];
   return g;
 }
 
-void forward_entry(const std::string& dtype, std::uintptr_t value, std::vector<int64_t> value_strides,
-                   std::uintptr_t offset_mask, std::vector<int64_t> om_strides, std::uintptr_t out,
-                   std::vector<int64_t> shape, std::vector<int64_t> conv, int64_t group,
-                   int64_t group_channels, double offset_scale, bool remove_center, int threads) {
-  const Geom g = make_geom(shape, conv, group, group_channels, offset_scale, remove_center,
-                           value_strides, om_strides);
-  if (g.N * g.Ho * g.Wo * g.G * g.D == 0) return;  // empty output
-  if (dtype == "float32") return forward<float>(g, value, offset_mask, out, threads);
-  if (dtype == "float64") return forward<double>(g, value, offset_mask, out, threads);
-  visionssm::fail("dcnv4 forward: dtype must be float32 or float64, got ", dtype);
+using visionssm::dcnv4::DType;
+constexpr auto kCpuDTypes = {DType::kFloat32, DType::kFloat64};
+
+void forward_entry(const pybind11::dict& args) {
+  const auto p = visionssm::dcnv4::params_from_dict(args, "dcnv4_cpu.forward", kCpuDTypes);
+  const Geom g = make_geom(p, "dcnv4_cpu.forward");
+  if (g.N * g.Ho * g.Wo * g.G * g.D == 0) return;  // empty output (null pointers allowed)
+  VSSM_CHECK(p.value && p.offset_mask && p.out, "value, offset_mask and out are required");
+  pybind11::gil_scoped_release release;
+  if (p.dtype == DType::kFloat32) return forward<float>(g, p.value, p.offset_mask, p.out, p.threads);
+  forward<double>(g, p.value, p.offset_mask, p.out, p.threads);
 }
 
-void backward_entry(const std::string& dtype, std::uintptr_t value,
-                    std::vector<int64_t> value_strides, std::uintptr_t offset_mask,
-                    std::vector<int64_t> om_strides, std::uintptr_t grad_out,
-                    std::vector<int64_t> grad_out_strides, std::uintptr_t grad_value,
-                    std::uintptr_t grad_offset_mask, std::vector<int64_t> shape,
-                    std::vector<int64_t> conv, int64_t group, int64_t group_channels,
-                    double offset_scale, bool remove_center, int threads) {
-  Geom g = make_geom(shape, conv, group, group_channels, offset_scale, remove_center, value_strides,
-                     om_strides);
-  VSSM_CHECK(grad_out_strides.size() == 4 && grad_out_strides[3] == 1,
-             "grad_output must have 4 strides and channel stride 1");
-  g.go_n = grad_out_strides[0]; g.go_h = grad_out_strides[1]; g.go_w = grad_out_strides[2];
-  if (g.N * g.Ho * g.Wo == 0) return;
-  if (dtype == "float32")
-    return backward<float>(g, value, offset_mask, grad_out, grad_value, grad_offset_mask, threads);
-  if (dtype == "float64")
-    return backward<double>(g, value, offset_mask, grad_out, grad_value, grad_offset_mask, threads);
-  visionssm::fail("dcnv4 backward: dtype must be float32 or float64, got ", dtype);
+void backward_entry(const pybind11::dict& args) {
+  const auto p = visionssm::dcnv4::params_from_dict(args, "dcnv4_cpu.backward", kCpuDTypes);
+  const Geom g = make_geom(p, "dcnv4_cpu.backward");
+  VSSM_CHECK(p.grad_output_strides[3] == 1, "grad_output must have channel stride 1");
+  if (g.N * g.Ho * g.Wo == 0) return;  // nothing to write (null pointers allowed)
+  VSSM_CHECK(g.P == 0 || (p.offset_mask && p.grad_offset_mask), "offset_mask and grad_offset_mask are required");
+  pybind11::gil_scoped_release release;
+  if (p.dtype == DType::kFloat32)
+    return backward<float>(g, p.value, p.offset_mask, p.grad_output, p.grad_value, p.grad_offset_mask, p.threads);
+  backward<double>(g, p.value, p.offset_mask, p.grad_output, p.grad_value, p.grad_offset_mask, p.threads);
 }
 
 }  // namespace
@@ -499,19 +483,11 @@ PYBIND11_MODULE(dcnv4_cpu, m) {
   namespace py = pybind11;
   m.doc() = "DCNv4 forward/backward CPU kernels (channel-last value, packed offset_mask).";
   m.def("forward", &forward_entry,
-        "out (N, Ho, Wo, G*D) contiguous <- dcnv4(value, offset_mask); shape = (N, H, W, Ho, Wo, P), "
-        "conv = (kh, kw, sh, sw, ph, pw, dh, dw)",
-        py::arg("dtype"), py::arg("value"), py::arg("value_strides"), py::arg("offset_mask"),
-        py::arg("offset_mask_strides"), py::arg("out"), py::arg("shape"), py::arg("conv"),
-        py::arg("group"), py::arg("group_channels"), py::arg("offset_scale"),
-        py::arg("remove_center"), py::arg("threads") = 0, py::call_guard<py::gil_scoped_release>());
+        "out (N, Ho, Wo, G*D) contiguous <- dcnv4(value, offset_mask) (params: dcnv4_params.h)",
+        py::arg("params"));
   m.def("backward", &backward_entry,
         "grad_value (N, H, W, G*D) and grad_offset_mask (N, Ho, Wo, P), both contiguous and fully "
-        "written (padding channels get 0)",
-        py::arg("dtype"), py::arg("value"), py::arg("value_strides"), py::arg("offset_mask"),
-        py::arg("offset_mask_strides"), py::arg("grad_output"), py::arg("grad_output_strides"),
-        py::arg("grad_value"), py::arg("grad_offset_mask"), py::arg("shape"), py::arg("conv"),
-        py::arg("group"), py::arg("group_channels"), py::arg("offset_scale"),
-        py::arg("remove_center"), py::arg("threads") = 0, py::call_guard<py::gil_scoped_release>());
+        "written (padding channels get 0) (params: dcnv4_params.h)",
+        py::arg("params"));
   m.def("max_threads", &visionssm::max_threads, "OpenMP threads available to kernels");
 }

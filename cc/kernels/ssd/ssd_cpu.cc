@@ -1,6 +1,7 @@
 // Mamba-2 SSD (state-space duality) on the CPU: causal chunked scan and the VSSD non-causal form,
-// forward and backward, float32 and float64. Inputs are raw addresses (torch's data_ptr()) with
-// element strides; outputs are contiguous buffers allocated by Python. Never links libtorch.
+// forward and backward, float32 and float64. Takes the Params of ssd_params.h as a dict (shared
+// with the CUDA module): inputs are raw addresses (torch's data_ptr()) with element strides; outputs
+// are contiguous buffers allocated by Python. Never links libtorch.
 //
 // Causal algorithm (per batch x head, blocks of q <= min(chunk_size, kMaxBlock) tokens):
 //   within a block, a_0 = dt'_0 A (first token), c_i = sum_{0<k<=i} dt'_k A (so c_0 = 0) and
@@ -25,6 +26,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -33,6 +35,8 @@
 #include "cc/kernels/common/fast_math.h"
 #include "cc/kernels/common/parallel.h"
 #include "cc/kernels/common/simd.h"
+#include "cc/kernels/ssd/ssd_params.h"
+#include "cc/kernels/ssd/ssd_params_dict.h"
 
 namespace {
 
@@ -987,54 +991,53 @@ inline void bwd_task(const Problem& pb, bool causal, const Grads<double>& gr, in
   bwd_task_f64(pb, causal, gr, b, h, s);
 }
 
-View make_view(std::uintptr_t ptr, const std::vector<int64_t>& strides, size_t ndim, const char* name,
-               bool unit_last = false) {
+View make_view(const visionssm::ssd::Operand& o, size_t ndim, const char* name, bool unit_last = false) {
   View v;
-  v.ptr = ptr;
-  if (ptr == 0) return v;
-  VSSM_CHECK(strides.size() == ndim, name, " needs ", ndim, " strides, got ", strides.size());
-  VSSM_CHECK(!unit_last || strides[ndim - 1] == 1, name, " must have a unit stride in its last dim");
-  for (size_t i = 0; i < ndim; ++i) v.s[i] = strides[i];
+  v.ptr = o.ptr;
+  if (o.ptr == 0) return v;
+  VSSM_CHECK(!unit_last || o.stride[ndim - 1] == 1, name, " must have a unit stride in its last dim");
+  for (size_t i = 0; i < ndim; ++i) v.s[i] = o.stride[i];
   return v;
 }
 
-Problem make_problem(const std::vector<int64_t>& sizes, int64_t chunk_size, bool softplus,
-                     std::uintptr_t x, const std::vector<int64_t>& x_s, std::uintptr_t dt,
-                     const std::vector<int64_t>& dt_s, std::uintptr_t A, const std::vector<int64_t>& A_s,
-                     std::uintptr_t B, const std::vector<int64_t>& B_s, std::uintptr_t C,
-                     const std::vector<int64_t>& C_s, std::uintptr_t D, const std::vector<int64_t>& D_s,
-                     std::uintptr_t z, const std::vector<int64_t>& z_s, std::uintptr_t dt_bias,
-                     const std::vector<int64_t>& dt_bias_s, std::uintptr_t init,
-                     const std::vector<int64_t>& init_s) {
-  VSSM_CHECK(sizes.size() == 6, "sizes must be [batch, L, heads, headdim, groups, dstate]");
+Problem make_problem(const visionssm::ssd::Params& p) {
   Problem pb;
-  pb.batch = sizes[0];
-  pb.L = sizes[1];
-  pb.H = sizes[2];
-  pb.P = sizes[3];
-  pb.G = sizes[4];
-  pb.N = sizes[5];
+  pb.batch = p.batch;
+  pb.L = p.seqlen;
+  pb.H = p.heads;
+  pb.P = p.headdim;
+  pb.G = p.groups;
+  pb.N = p.dstate;
   VSSM_CHECK(pb.batch >= 0 && pb.L >= 0 && pb.H >= 0 && pb.P >= 0 && pb.G >= 1 && pb.N >= 1,
              "bad sizes: need batch, L, heads, headdim >= 0 and groups, dstate >= 1");
   VSSM_CHECK(pb.H % pb.G == 0, "heads must be a multiple of groups");
-  VSSM_CHECK(chunk_size >= 1, "chunk_size must be >= 1, got ", chunk_size);
+  VSSM_CHECK(p.chunk_size >= 1, "chunk_size must be >= 1, got ", p.chunk_size);
+  VSSM_CHECK(p.dt_min == 0.0 && p.dt_max == std::numeric_limits<double>::infinity(),
+             "dt_limit is not supported by the CPU kernel (CUDA only), got (", p.dt_min, ", ", p.dt_max, ")");
+  VSSM_CHECK(p.causal || p.init.ptr == 0, "initial_states is only valid with causal=true");
   // (empty tensors may have a null address)
   const int64_t tokens = pb.batch * pb.L;
-  VSSM_CHECK(A || pb.H == 0, "A is required");
-  VSSM_CHECK((x || tokens * pb.H * pb.P == 0) && (dt || tokens * pb.H == 0) && ((B && C) || tokens == 0),
+  VSSM_CHECK(p.A.ptr || pb.H == 0, "A is required");
+  VSSM_CHECK((p.x.ptr || tokens * pb.H * pb.P == 0) && (p.dt.ptr || tokens * pb.H == 0) &&
+                 ((p.B.ptr && p.C.ptr) || tokens == 0),
              "x, dt, B, C are required");
-  pb.block = static_cast<int>(std::min<int64_t>(chunk_size, kMaxBlock));
-  pb.softplus = softplus;
-  pb.x = make_view(x, x_s, 4, "x", true);
-  pb.dt = make_view(dt, dt_s, 3, "dt");
-  pb.A = make_view(A, A_s, 1, "A");
-  pb.B = make_view(B, B_s, 4, "B", true);
-  pb.C = make_view(C, C_s, 4, "C", true);
-  pb.D = make_view(D, D_s, 2, "D");
-  pb.z = make_view(z, z_s, 4, "z", true);
-  pb.dt_bias = make_view(dt_bias, dt_bias_s, 1, "dt_bias");
-  pb.init = make_view(init, init_s, 4, "initial_states");
+  pb.block = static_cast<int>(std::min<int64_t>(p.chunk_size, kMaxBlock));
+  pb.softplus = p.softplus;
+  pb.x = make_view(p.x, 4, "x", true);
+  pb.dt = make_view(p.dt, 3, "dt");
+  pb.A = make_view(p.A, 1, "A");
+  pb.B = make_view(p.B, 4, "B", true);
+  pb.C = make_view(p.C, 4, "C", true);
+  pb.D = make_view(p.D, 2, "D");
+  pb.z = make_view(p.z, 4, "z", true);
+  pb.dt_bias = make_view(p.dt_bias, 1, "dt_bias");
+  pb.init = make_view(p.init, 4, "initial_states");
   return pb;
+}
+
+visionssm::ssd::Params cpu_params(const pybind11::dict& args) {
+  using visionssm::ssd::DType;
+  return visionssm::ssd::params_from_dict(args, "ssd_cpu", {DType::kFloat32, DType::kFloat64});
 }
 
 template <typename T>
@@ -1049,22 +1052,15 @@ void fwd_impl(const Problem& pb, bool causal, std::uintptr_t out, std::uintptr_t
   });
 }
 
-void ssd_fwd(const std::string& dtype, bool causal, const std::vector<int64_t>& sizes,
-             int64_t chunk_size, bool softplus, std::uintptr_t x, const std::vector<int64_t>& x_s,
-             std::uintptr_t dt, const std::vector<int64_t>& dt_s, std::uintptr_t A,
-             const std::vector<int64_t>& A_s, std::uintptr_t B, const std::vector<int64_t>& B_s,
-             std::uintptr_t C, const std::vector<int64_t>& C_s, std::uintptr_t D,
-             const std::vector<int64_t>& D_s, std::uintptr_t z, const std::vector<int64_t>& z_s,
-             std::uintptr_t dt_bias, const std::vector<int64_t>& dt_bias_s, std::uintptr_t init,
-             const std::vector<int64_t>& init_s, std::uintptr_t out, std::uintptr_t pregate,
-             std::uintptr_t final_states, int threads) {
-  const Problem pb = make_problem(sizes, chunk_size, softplus, x, x_s, dt, dt_s, A, A_s, B, B_s, C,
-                                  C_s, D, D_s, z, z_s, dt_bias, dt_bias_s, init, init_s);
-  VSSM_CHECK(out != 0 || pb.batch * pb.L * pb.H * pb.P == 0, "out is required");
-  VSSM_CHECK(causal || init == 0, "initial_states is only valid with causal=true");
-  if (dtype == "float32") return fwd_impl<float>(pb, causal, out, pregate, final_states, threads);
-  if (dtype == "float64") return fwd_impl<double>(pb, causal, out, pregate, final_states, threads);
-  visionssm::fail("ssd_fwd: dtype must be float32 or float64, got ", dtype);
+void ssd_fwd(const pybind11::dict& args) {
+  const visionssm::ssd::Params p = cpu_params(args);
+  const Problem pb = make_problem(p);
+  VSSM_CHECK(p.y != 0 || pb.batch * pb.L * pb.H * pb.P == 0, "y is required");
+  pybind11::gil_scoped_release release;
+  const int threads = static_cast<int>(p.threads);
+  if (p.dtype == visionssm::ssd::DType::kFloat32)
+    return fwd_impl<float>(pb, p.causal, p.y, p.pregate, p.final_states, threads);
+  return fwd_impl<double>(pb, p.causal, p.y, p.pregate, p.final_states, threads);
 }
 
 template <typename T>
@@ -1098,32 +1094,24 @@ void bwd_impl(const Problem& pb, bool causal, int64_t heads_per_task, const std:
   });
 }
 
-// grads: [dout, dfinal|0, pregate|0, dx, ddt, dB, dC, dz|0, dA_part, dD_part, dbias_part, dinit|0,
-//         saved_kv|0 (non-causal: final_states of the forward, skips recomputing KV)]
-void ssd_bwd(const std::string& dtype, bool causal, const std::vector<int64_t>& sizes,
-             int64_t chunk_size, bool softplus, std::uintptr_t x, const std::vector<int64_t>& x_s,
-             std::uintptr_t dt, const std::vector<int64_t>& dt_s, std::uintptr_t A,
-             const std::vector<int64_t>& A_s, std::uintptr_t B, const std::vector<int64_t>& B_s,
-             std::uintptr_t C, const std::vector<int64_t>& C_s, std::uintptr_t D,
-             const std::vector<int64_t>& D_s, std::uintptr_t z, const std::vector<int64_t>& z_s,
-             std::uintptr_t dt_bias, const std::vector<int64_t>& dt_bias_s, std::uintptr_t init,
-             const std::vector<int64_t>& init_s, int64_t heads_per_task,
-             const std::vector<std::uintptr_t>& grads, int threads) {
-  const Problem pb = make_problem(sizes, chunk_size, softplus, x, x_s, dt, dt_s, A, A_s, B, B_s, C,
-                                  C_s, D, D_s, z, z_s, dt_bias, dt_bias_s, init, init_s);
-  VSSM_CHECK(causal || init == 0, "initial_states is only valid with causal=true");
-  VSSM_CHECK(grads.size() == 13, "grads must hold 13 addresses, got ", grads.size());
+void ssd_bwd(const pybind11::dict& args) {
+  const visionssm::ssd::Params p = cpu_params(args);
+  const Problem pb = make_problem(p);
+  const std::vector<std::uintptr_t> grads = {p.dout, p.dfinal, p.pregate, p.dx, p.ddt, p.dB, p.dC,
+                                             p.dz, p.dA, p.dD, p.dbias, p.dinit, p.saved_kv};
   const int64_t hpg = pb.H / pb.G;
-  VSSM_CHECK(heads_per_task == 1 || (heads_per_task == hpg && hpg >= 1),
-             "heads_per_task must be 1 or heads/groups, got ", heads_per_task);
+  VSSM_CHECK(p.heads_per_task == 1 || (p.heads_per_task == hpg && hpg >= 1),
+             "heads_per_task must be 1 or heads/groups, got ", p.heads_per_task);
   const int64_t rows = pb.batch * pb.L * pb.H;  // (an empty buffer may have a null address)
   VSSM_CHECK((grads[0] && grads[3]) || rows * pb.P == 0, "missing gradient buffers (dout, dx)");
   VSSM_CHECK((grads[4] && grads[5] && grads[6]) || rows == 0, "missing gradient buffers (ddt, dB, dC)");
   VSSM_CHECK((grads[8] && grads[10]) || pb.batch * pb.H == 0, "missing partial-sum buffers (dA, dbias)");
   VSSM_CHECK(grads[9] || pb.batch * pb.H * pb.P == 0, "missing partial-sum buffer (dD)");
-  if (dtype == "float32") return bwd_impl<float>(pb, causal, heads_per_task, grads, threads);
-  if (dtype == "float64") return bwd_impl<double>(pb, causal, heads_per_task, grads, threads);
-  visionssm::fail("ssd_bwd: dtype must be float32 or float64, got ", dtype);
+  pybind11::gil_scoped_release release;
+  const int threads = static_cast<int>(p.threads);
+  if (p.dtype == visionssm::ssd::DType::kFloat32)
+    return bwd_impl<float>(pb, p.causal, p.heads_per_task, grads, threads);
+  return bwd_impl<double>(pb, p.causal, p.heads_per_task, grads, threads);
 }
 
 }  // namespace
@@ -1131,19 +1119,8 @@ void ssd_bwd(const std::string& dtype, bool causal, const std::vector<int64_t>& 
 PYBIND11_MODULE(ssd_cpu, m) {
   namespace py = pybind11;
   m.doc() = "Mamba-2 SSD (causal chunked scan) and VSSD non-causal SSD: CPU forward/backward.";
-  m.def("fwd", &ssd_fwd, "SSD forward", py::arg("dtype"), py::arg("causal"), py::arg("sizes"),
-        py::arg("chunk_size"), py::arg("softplus"), py::arg("x"), py::arg("x_strides"), py::arg("dt"),
-        py::arg("dt_strides"), py::arg("A"), py::arg("A_strides"), py::arg("B"), py::arg("B_strides"),
-        py::arg("C"), py::arg("C_strides"), py::arg("D"), py::arg("D_strides"), py::arg("z"),
-        py::arg("z_strides"), py::arg("dt_bias"), py::arg("dt_bias_strides"), py::arg("init"),
-        py::arg("init_strides"), py::arg("out"), py::arg("pregate"), py::arg("final_states"),
-        py::arg("threads") = 0, py::call_guard<py::gil_scoped_release>());
-  m.def("bwd", &ssd_bwd, "SSD backward", py::arg("dtype"), py::arg("causal"), py::arg("sizes"),
-        py::arg("chunk_size"), py::arg("softplus"), py::arg("x"), py::arg("x_strides"), py::arg("dt"),
-        py::arg("dt_strides"), py::arg("A"), py::arg("A_strides"), py::arg("B"), py::arg("B_strides"),
-        py::arg("C"), py::arg("C_strides"), py::arg("D"), py::arg("D_strides"), py::arg("z"),
-        py::arg("z_strides"), py::arg("dt_bias"), py::arg("dt_bias_strides"), py::arg("init"),
-        py::arg("init_strides"), py::arg("heads_per_task"), py::arg("grads"), py::arg("threads") = 0,
-        py::call_guard<py::gil_scoped_release>());
+  // Both take the dict of ssd_params.h fields that py/ops/ssd.py (kernel_params) fills.
+  m.def("fwd", &ssd_fwd, "SSD forward: y, pregate (when given), final_states", py::arg("params"));
+  m.def("bwd", &ssd_bwd, "SSD backward: every gradient buffer named in params", py::arg("params"));
   m.def("max_block", []() { return kMaxBlock; }, "cap on the causal block length");
 }

@@ -1,11 +1,15 @@
 """py.eval.export (torch.export / ONNX) and the py.eval.convert CLI, on small configs of each family."""
 import importlib
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import py.models as models
 from py.eval import convert, export
+from py.eval.tests.cli import ROOT
 from py.models import interop
 
 SMALL = {
@@ -17,7 +21,12 @@ SMALL = {
                                    keep_ratio=0.7)),
     "pvmamba": ("pvmamba_tiny", dict(img_size=64, embed_dim=16, depths=(1, 1, 4, 1), num_heads=(2, 2, 2, 2),
                                      d_state=8)),
+    "pvmamba_dcnv4": ("pvmamba_tiny", dict(img_size=64, embed_dim=16, depths=(1, 1, 1, 1), dsa_sampler="dcnv4")),
 }
+# The native ops each exported program must call (custom ops torch.ops.visionssm.*, py/ops/_library.py).
+SS, CROSS = {"visionssm.selective_scan.default"}, {"visionssm.cross_scan.default", "visionssm.cross_merge.default"}
+CUSTOM_OPS = {"vmamba": SS | CROSS, "vmamba_ssd": {"visionssm.ssd.default"} | CROSS, "vim": SS, "dyvm": SS,
+              "pvmamba": set(), "pvmamba_dcnv4": {"visionssm.dcnv4.default"}}
 
 
 def _model(case, seed=0):
@@ -42,9 +51,16 @@ def programs():
     return out
 
 
+def _custom_ops(program):
+    """visionssm ops called by the program, torch.cond branches (DyVM) included."""
+    return {str(n.target) for m in program.graph_module.modules() if isinstance(m, torch.fx.GraphModule)
+            for n in m.graph.nodes if n.op == "call_function" and str(n.target).startswith("visionssm.")}
+
+
 @pytest.mark.parametrize("case", sorted(SMALL))
 def test_exported_program_equals_eager(programs, case):
     model, program = programs[case]
+    assert _custom_ops(program) == CUSTOM_OPS[case]  # the native kernels, not a reference, run in it
     for seed in (0, 1):  # the example it was traced with and another input
         x = export.example_input(model, seed)
         with torch.no_grad():
@@ -55,12 +71,12 @@ def test_exported_program_equals_eager(programs, case):
 def test_eager_model_still_uses_native_kernels_after_export(programs, monkeypatch):
     sel = importlib.import_module("py.ops.selective_scan")
     calls = []
-    apply = sel.SelectiveScanCpuFn.apply
-    monkeypatch.setattr(sel.SelectiveScanCpuFn, "apply", lambda *a: (calls.append(1), apply(*a))[1])
+    op = sel.selective_scan_op
+    monkeypatch.setattr(sel, "selective_scan_op", lambda *a: (calls.append(1), op(*a))[1])
     model, _ = programs["vim"]
     with torch.no_grad():
         model(export.example_input(model))
-    assert calls, "force_backend/check patches leaked out of the export"
+    assert calls, "the export left the model off its native kernels"
     # the ops' NaN/inf checks still run eagerly after an export (they skip only while tracing)
     u = torch.randn(1, 2, 5)
     with pytest.raises(ValueError, match="A must be finite"):
@@ -116,7 +132,15 @@ def test_export_cli_writes_a_loadable_program(tmp_path, capsys):
     assert "max |exported - eager|" in capsys.readouterr().out
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(torch.export.load(str(out)).module()(x), model.eval()(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(export.load_program(out).module()(x), model.eval()(x), rtol=1e-5, atol=1e-5)
+    # In a fresh process the program loads once py.ops registered its ops, and only then.
+    load = "import torch; p = torch.export.load({!r}); print(p.module()(torch.randn(1, 3, 32, 32)).shape)"
+    for prefix, ok in (("", False), ("import py.ops; ", True)):
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + sys.path))
+        res = subprocess.run([sys.executable, "-c", prefix + load.format(str(out))], env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert (res.returncode == 0) == ok, res.stderr[-2000:]
+        assert ok or "failed to resolve torch.ops.visionssm.selective_scan" in res.stderr
 
 
 def test_export_cli_errors_exit_2(tmp_path, capsys):

@@ -84,7 +84,7 @@ def test_cpu_kernel_matches_reference_forward_and_gradients(case, dtype):
 def test_gradcheck_float64_through_the_kernel():
     inp = make(2, 4, 11, 2, 2, z=True)
     args = [inp[k].requires_grad_() for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
-    fn = lambda *a: ss.SelectiveScanCpuFn.apply(*a, True, False, True)[0]
+    fn = lambda *a: ss.selective_scan_op(*a, True, True)[0]
     assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-8, rtol=1e-6)
     # and through the public function, with 3-D B/C, no options, softplus off
     inp = make(1, 3, 9, 1, 1, D=False, bias=False, bc3=True, seed=3)
@@ -98,7 +98,7 @@ def test_gradcheck_across_time_blocks():
     chunk = _native.require("selective_scan_cpu").chunk_len(16)
     inp = make(1, 1, chunk + 5, 16, 1, z=True, seed=4)
     args = [inp[k].requires_grad_() for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
-    fn = lambda *a: ss.SelectiveScanCpuFn.apply(*a, True, False, True)[0]
+    fn = lambda *a: ss.selective_scan_op(*a, True, True)[0]
     assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-8, rtol=1e-6, fast_mode=True)
 
 
