@@ -32,6 +32,8 @@ CUDA_ARCHS = ["80", "90a"]
 # macros, vector types, exp/softplus/sigmoid, per-thread scratch.
 COMMON_HDRS = [
     "common/check.h",
+    "common/dtype.h",
+    "common/params_dict.h",
     "common/parallel.h",
     "common/clones.h",
     "common/simd.h",

@@ -3,12 +3,14 @@
 // cross_scan_params_dict.h. Plain host data, also seen by nvcc (cross_scan_cuda.h).
 #pragma once
 
+#include "cc/kernels/common/dtype.h"
+
 #include <cstdint>
 #include <vector>
 
 namespace visionssm::cross_scan {
 
-enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
+using DType = ::visionssm::DType;  // cc/kernels/common/dtype.h
 
 struct Params {
   DType dtype = DType::kFloat32;

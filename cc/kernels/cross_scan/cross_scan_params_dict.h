@@ -10,17 +10,10 @@
 #include <vector>
 
 #include "cc/kernels/common/check.h"
+#include "cc/kernels/common/params_dict.h"
 #include "cc/kernels/cross_scan/cross_scan_params.h"
 
 namespace visionssm::cross_scan {
-
-inline DType parse_dtype(const std::string& name, const char* who) {
-  if (name == "float32") return DType::kFloat32;
-  if (name == "float16") return DType::kFloat16;
-  if (name == "bfloat16") return DType::kBFloat16;
-  if (name == "float64") return DType::kFloat64;
-  visionssm::fail(who, ": dtype must be float32, float16, bfloat16 or float64, got ", name);
-}
 
 // The dict's keys are the field names; `rank` is the number of input strides the op needs (4 for scan,
 // 5 for merge).
@@ -29,7 +22,8 @@ inline Params params_from_dict(const pybind11::dict& d, int rank, const char* wh
   for (const char* key : {"dtype", "batch", "channels", "height", "width", "input", "input_strides", "output"})
     if (!d.contains(key)) visionssm::fail(who, ": params lack '", key, "'");
   Params p;
-  p.dtype = parse_dtype(d["dtype"].cast<std::string>(), who);
+  p.dtype = params_dict::dtype_from_name(d["dtype"].cast<std::string>(), who,
+                                         {DType::kFloat32, DType::kFloat16, DType::kBFloat16, DType::kFloat64});
   p.batch = d["batch"].cast<int64_t>();
   p.channels = d["channels"].cast<int64_t>();
   p.height = d["height"].cast<int64_t>();

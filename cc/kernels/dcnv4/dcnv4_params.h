@@ -3,11 +3,13 @@
 // dcnv4_params_dict.h. Plain host data, also seen by nvcc (dcnv4_cuda.h).
 #pragma once
 
+#include "cc/kernels/common/dtype.h"
+
 #include <cstdint>
 
 namespace visionssm::dcnv4 {
 
-enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
+using DType = ::visionssm::DType;  // cc/kernels/common/dtype.h
 
 struct Params {
   DType dtype = DType::kFloat32;

@@ -7,37 +7,30 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
-#include <functional>
 #include <initializer_list>
-#include <map>
-#include <string>
 #include <vector>
 
-#include "cc/kernels/common/check.h"
+#include "cc/kernels/common/params_dict.h"
 #include "cc/kernels/dcnv4/dcnv4_params.h"
 
 namespace visionssm::dcnv4 {
 namespace params_dict {
 
 namespace py = pybind11;
-using Setter = std::function<void(Params&, py::handle)>;
+using Setter = ::visionssm::params_dict::Setter<Params>;
 
-inline Setter i64(int64_t Params::*field) {
-  return [field](Params& p, py::handle v) { p.*field = v.cast<int64_t>(); };
-}
-inline Setter u64(std::uintptr_t Params::*field) {
-  return [field](Params& p, py::handle v) { p.*field = v.cast<std::uintptr_t>(); };
-}
+inline Setter i64(int64_t Params::*field) { return ::visionssm::params_dict::field(field); }
+inline Setter u64(std::uintptr_t Params::*field) { return ::visionssm::params_dict::field(field); }
 inline Setter strides(int64_t (Params::*field)[4], const char* name) {
-  return [field, name](Params& p, py::handle v) {
+  return [field, name](Params& p, py::handle v, const char*) {
     const auto s = v.cast<std::vector<int64_t>>();
     if (s.size() != 4) fail(name, " must have 4 entries (n, h, w, c), got ", s.size());
     for (int i = 0; i < 4; ++i) (p.*field)[i] = s[i];
   };
 }
 
-inline const std::map<std::string, Setter>& setters() {
-  static const std::map<std::string, Setter> table = {
+inline const ::visionssm::params_dict::Setters<Params>& setters() {
+  static const ::visionssm::params_dict::Setters<Params> table = {
       {"batch", i64(&Params::batch)}, {"height", i64(&Params::height)}, {"width", i64(&Params::width)},
       {"out_height", i64(&Params::out_height)}, {"out_width", i64(&Params::out_width)},
       {"offset_channels", i64(&Params::offset_channels)},
@@ -46,62 +39,27 @@ inline const std::map<std::string, Setter>& setters() {
       {"pad_h", i64(&Params::pad_h)}, {"pad_w", i64(&Params::pad_w)},
       {"dilation_h", i64(&Params::dilation_h)}, {"dilation_w", i64(&Params::dilation_w)},
       {"group", i64(&Params::group)}, {"group_channels", i64(&Params::group_channels)},
-      {"offset_scale", [](Params& p, py::handle v) { p.offset_scale = v.cast<double>(); }},
-      {"remove_center", [](Params& p, py::handle v) { p.remove_center = v.cast<bool>(); }},
+      {"offset_scale", ::visionssm::params_dict::field(&Params::offset_scale)},
+      {"remove_center", ::visionssm::params_dict::field(&Params::remove_center)},
       {"value_strides", strides(&Params::value_strides, "value_strides")},
       {"offset_mask_strides", strides(&Params::offset_mask_strides, "offset_mask_strides")},
       {"grad_output_strides", strides(&Params::grad_output_strides, "grad_output_strides")},
       {"value", u64(&Params::value)}, {"offset_mask", u64(&Params::offset_mask)},
       {"grad_output", u64(&Params::grad_output)}, {"out", u64(&Params::out)},
       {"grad_value", u64(&Params::grad_value)}, {"grad_offset_mask", u64(&Params::grad_offset_mask)},
-      {"threads", [](Params& p, py::handle v) { p.threads = v.cast<int>(); }},
+      {"threads", ::visionssm::params_dict::field(&Params::threads)},
       {"stream", u64(&Params::stream)}, {"workspace", u64(&Params::workspace)},
       {"workspace_bytes", i64(&Params::workspace_bytes)},
-      {"deterministic", [](Params& p, py::handle v) { p.deterministic = v.cast<bool>(); }},
+      {"deterministic", ::visionssm::params_dict::field(&Params::deterministic)},
   };
   return table;
-}
-
-inline const char* dtype_name(DType t) {
-  switch (t) {
-    case DType::kFloat32: return "float32";
-    case DType::kFloat16: return "float16";
-    case DType::kBFloat16: return "bfloat16";
-    case DType::kFloat64: return "float64";
-  }
-  return "?";
 }
 
 }  // namespace params_dict
 
 // Fills Params from `args`; `dtype` (required) must name one of `dtypes` (the backend's).
 inline Params params_from_dict(const pybind11::dict& args, const char* who, std::initializer_list<DType> dtypes) {
-  Params p;
-  bool have_dtype = false;
-  for (const auto& item : args) {
-    const std::string key = item.first.cast<std::string>();
-    if (key == "dtype") {
-      const std::string name = item.second.cast<std::string>();
-      std::string allowed;  // "a, b or c"
-      size_t i = 0;
-      for (const DType t : dtypes) {
-        allowed += (i == 0 ? "" : i + 1 == dtypes.size() ? " or " : ", ");
-        allowed += params_dict::dtype_name(t);
-        ++i;
-        if (name == params_dict::dtype_name(t)) {
-          p.dtype = t;
-          have_dtype = true;
-        }
-      }
-      if (!have_dtype) fail(who, ": dtype must be ", allowed, ", got ", name);
-      continue;
-    }
-    const auto it = params_dict::setters().find(key);
-    if (it == params_dict::setters().end()) fail(who, ": unknown parameter '", key, "'");
-    it->second(p, item.second);
-  }
-  if (!have_dtype) fail(who, ": parameter 'dtype' is required");
-  return p;
+  return ::visionssm::params_dict::parse<Params>(args, who, dtypes, params_dict::setters());
 }
 
 // The checks both backends share: sizes, convolution parameters, P, channel strides.

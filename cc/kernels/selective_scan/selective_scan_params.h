@@ -7,12 +7,14 @@
 // the four traversals of an H x W map (selective_scan_layout.h), so no (B, 4, C, L) copy exists.
 #pragma once
 
+#include "cc/kernels/common/dtype.h"
+
 #include <cstdint>
 
 namespace visionssm::selective_scan {
 
 // float64: CPU only. There every float pointer below points to doubles (state included).
-enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
+using DType = ::visionssm::DType;  // cc/kernels/common/dtype.h
 
 // Largest d_state the kernels support (state carries live in shared memory, 4 bytes each).
 constexpr int64_t kMaxDState = 256;

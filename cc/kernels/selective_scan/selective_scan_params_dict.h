@@ -5,38 +5,24 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
-#include <functional>
 #include <initializer_list>
-#include <map>
-#include <string>
 
-#include "cc/kernels/common/check.h"
+#include "cc/kernels/common/params_dict.h"
 #include "cc/kernels/selective_scan/selective_scan_params.h"
 
 namespace visionssm::selective_scan {
 namespace params_dict {
 
-namespace py = pybind11;
-using Setter = std::function<void(Params&, py::handle)>;
+using Setter = ::visionssm::params_dict::Setter<Params>;
 
 template <typename T>
-Setter ptr(T Params::*field) {
-  return [field](Params& p, py::handle v) {
-    p.*field = reinterpret_cast<T>(static_cast<std::uintptr_t>(v.cast<std::uintptr_t>()));
-  };
-}
-
-inline Setter i64(int64_t Params::*field) {
-  return [field](Params& p, py::handle v) { p.*field = v.cast<int64_t>(); };
-}
-
-inline Setter flag(bool Params::*field) {
-  return [field](Params& p, py::handle v) { p.*field = v.cast<bool>(); };
-}
+Setter ptr(T* Params::*field) { return ::visionssm::params_dict::pointer(field); }
+inline Setter i64(int64_t Params::*field) { return ::visionssm::params_dict::field(field); }
+inline Setter flag(bool Params::*field) { return ::visionssm::params_dict::field(field); }
 
 // Every field Python may set (chunk/nchunks are the launcher's).
-inline const std::map<std::string, Setter>& setters() {
-  static const std::map<std::string, Setter> table = {
+inline const ::visionssm::params_dict::Setters<Params>& setters() {
+  static const ::visionssm::params_dict::Setters<Params> table = {
       {"batch", i64(&Params::batch)}, {"dim", i64(&Params::dim)},
       {"seqlen", i64(&Params::seqlen)}, {"dstate", i64(&Params::dstate)},
       {"groups", i64(&Params::groups)}, {"softplus", flag(&Params::softplus)},
@@ -70,48 +56,12 @@ inline const std::map<std::string, Setter>& setters() {
   return table;
 }
 
-inline const char* dtype_name(DType t) {
-  switch (t) {
-    case DType::kFloat32: return "float32";
-    case DType::kFloat16: return "float16";
-    case DType::kBFloat16: return "bfloat16";
-    case DType::kFloat64: return "float64";
-  }
-  return "?";
-}
-
 }  // namespace params_dict
 
 // Fills Params from `args`; `dtype` (required) must name one of `dtypes` (the backend's), and an
 // unknown key is an error (std::invalid_argument -> ValueError), so a typo never goes unnoticed.
 inline Params params_from_dict(const pybind11::dict& args, const char* module, std::initializer_list<DType> dtypes) {
-  Params p;
-  bool have_dtype = false;
-  for (const auto& item : args) {
-    const std::string key = item.first.cast<std::string>();
-    if (key == "dtype") {
-      const std::string name = item.second.cast<std::string>();
-      std::string allowed;  // "a, b or c"
-      have_dtype = false;
-      size_t i = 0;
-      for (const DType t : dtypes) {
-        allowed += (i == 0 ? "" : i + 1 == dtypes.size() ? " or " : ", ");
-        allowed += params_dict::dtype_name(t);
-        ++i;
-        if (name == params_dict::dtype_name(t)) {
-          p.dtype = t;
-          have_dtype = true;
-        }
-      }
-      if (!have_dtype) fail(module, ": dtype must be ", allowed, ", got ", name);
-      continue;
-    }
-    const auto it = params_dict::setters().find(key);
-    if (it == params_dict::setters().end()) fail(module, ": unknown parameter '", key, "'");
-    it->second(p, item.second);
-  }
-  if (!have_dtype) fail(module, ": parameter 'dtype' is required");
-  return p;
+  return ::visionssm::params_dict::parse<Params>(args, module, dtypes, params_dict::setters());
 }
 
 }  // namespace visionssm::selective_scan

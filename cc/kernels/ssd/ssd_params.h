@@ -9,12 +9,14 @@
 //         A, D, dt_bias, initial_states, final_states, dfinal, dinit and every workspace float32.
 #pragma once
 
+#include "cc/kernels/common/dtype.h"
+
 #include <cstdint>
 #include <limits>
 
 namespace visionssm::ssd {
 
-enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
+using DType = ::visionssm::DType;  // cc/kernels/common/dtype.h
 
 // An input tensor: address and element strides (unused trailing strides 0).
 struct Operand {

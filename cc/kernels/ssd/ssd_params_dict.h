@@ -8,33 +8,23 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
-#include <functional>
 #include <initializer_list>
-#include <map>
 #include <string>
 #include <vector>
 
-#include "cc/kernels/common/check.h"
+#include "cc/kernels/common/params_dict.h"
 #include "cc/kernels/ssd/ssd_params.h"
 
 namespace visionssm::ssd {
 namespace params_dict {
 
 namespace py = pybind11;
-using Setter = std::function<void(Params&, py::handle, const char*)>;
+using Setter = ::visionssm::params_dict::Setter<Params>;
 
-inline Setter addr(std::uintptr_t Params::*field) {
-  return [field](Params& p, py::handle v, const char*) { p.*field = v.cast<std::uintptr_t>(); };
-}
-inline Setter i64(int64_t Params::*field) {
-  return [field](Params& p, py::handle v, const char*) { p.*field = v.cast<int64_t>(); };
-}
-inline Setter f64(double Params::*field) {
-  return [field](Params& p, py::handle v, const char*) { p.*field = v.cast<double>(); };
-}
-inline Setter flag(bool Params::*field) {
-  return [field](Params& p, py::handle v, const char*) { p.*field = v.cast<bool>(); };
-}
+inline Setter addr(std::uintptr_t Params::*field) { return ::visionssm::params_dict::field(field); }
+inline Setter i64(int64_t Params::*field) { return ::visionssm::params_dict::field(field); }
+inline Setter f64(double Params::*field) { return ::visionssm::params_dict::field(field); }
+inline Setter flag(bool Params::*field) { return ::visionssm::params_dict::field(field); }
 inline Setter operand_ptr(Operand Params::*field) {
   return [field](Params& p, py::handle v, const char*) { (p.*field).ptr = v.cast<std::uintptr_t>(); };
 }
@@ -46,9 +36,9 @@ inline Setter operand_strides(Operand Params::*field, size_t rank, const char* n
   };
 }
 
-inline const std::map<std::string, Setter>& setters() {
-  static const std::map<std::string, Setter> table = [] {
-    std::map<std::string, Setter> t = {
+inline const ::visionssm::params_dict::Setters<Params>& setters() {
+  static const ::visionssm::params_dict::Setters<Params> table = [] {
+    ::visionssm::params_dict::Setters<Params> t = {
         {"causal", flag(&Params::causal)}, {"softplus", flag(&Params::softplus)},
         {"batch", i64(&Params::batch)}, {"seqlen", i64(&Params::seqlen)}, {"heads", i64(&Params::heads)},
         {"headdim", i64(&Params::headdim)}, {"groups", i64(&Params::groups)}, {"dstate", i64(&Params::dstate)},
@@ -81,47 +71,12 @@ inline const std::map<std::string, Setter>& setters() {
   return table;
 }
 
-inline const char* dtype_name(DType t) {
-  switch (t) {
-    case DType::kFloat32: return "float32";
-    case DType::kFloat16: return "float16";
-    case DType::kBFloat16: return "bfloat16";
-    case DType::kFloat64: return "float64";
-  }
-  return "?";
-}
-
 }  // namespace params_dict
 
 // Fills Params from `args`; `dtype` (required) must name one of `dtypes` (the backend's).
 // Errors are std::invalid_argument (ValueError in Python) naming `module` and the key.
 inline Params params_from_dict(const pybind11::dict& args, const char* module, std::initializer_list<DType> dtypes) {
-  Params p;
-  bool have_dtype = false;
-  for (const auto& item : args) {
-    const std::string key = item.first.cast<std::string>();
-    if (key == "dtype") {
-      const std::string name = item.second.cast<std::string>();
-      std::string allowed;  // "a, b or c"
-      size_t i = 0;
-      for (const DType t : dtypes) {
-        allowed += (i == 0 ? "" : i + 1 == dtypes.size() ? " or " : ", ");
-        allowed += params_dict::dtype_name(t);
-        ++i;
-        if (name == params_dict::dtype_name(t)) {
-          p.dtype = t;
-          have_dtype = true;
-        }
-      }
-      if (!have_dtype) fail(module, ": dtype must be ", allowed, ", got ", name);
-      continue;
-    }
-    const auto it = params_dict::setters().find(key);
-    if (it == params_dict::setters().end()) fail(module, ": unknown parameter '", key, "'");
-    it->second(p, item.second, module);
-  }
-  if (!have_dtype) fail(module, ": parameter 'dtype' is required");
-  return p;
+  return ::visionssm::params_dict::parse<Params>(args, module, dtypes, params_dict::setters());
 }
 
 }  // namespace visionssm::ssd
