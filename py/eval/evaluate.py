@@ -1,4 +1,5 @@
-"""Top-1 / top-5 / per-class accuracy of a model: `./bazelw run //py/eval:evaluate -- [--flags]`.
+"""Top-1 / top-5 / per-class accuracy, COCO box/mask AP or mIoU of a model:
+`./bazelw run //py/eval:evaluate -- [--flags]`.
 
     # a trainer run (its latest good checkpoint; raw and EMA weights when both were saved)
     ./bazelw run //py/eval:evaluate -- --checkpoint=runs/vim_mnist-20250101-120000 --output=eval.json
@@ -9,6 +10,11 @@ Data: by default the embedded MNIST-5k validation split exactly as the trainer m
 seed and val_fraction), or the val/ folder of an ImageFolder root (--data_path, or the run's own).
 The model's name, classes, resolution and overrides come from the run's config; for a single file
 they come from --model and its registered defaults. Flags spelt --batch-size work too.
+
+Detection models (mask_rcnn_*): COCO box and mask AP/AP50/AP75/APs/APm/APl (pycocotools) on val2017 of
+a COCO root (--data_path, or the run's), by default the embedded digit canvases' held-out split.
+Segmentation models (upernet_*): mIoU/mAcc/aAcc on ADE20K validation/ (or COCO instances, or the
+canvases), single scale, or multi-scale + flip with --tta (dense.md §2.5).
 """
 import sys
 import time
@@ -31,6 +37,7 @@ flags.DEFINE_integer("in_chans", None, "input channels (default: the run's, else
 flags.DEFINE_float("val_fraction", None, "MNIST-5k validation fraction (default: the run's, else 0.2)")
 flags.DEFINE_integer("seed", None, "MNIST-5k split seed, also the seed of random weights (default: the run's, else 0)")
 flags.DEFINE_integer("limit", 0, "evaluate only the first N validation images (0: all)")
+flags.DEFINE_bool("tta", False, "segmentation: multi-scale (0.5-1.75) + flip test, softmax-averaged")
 flags.DEFINE_integer("batch_size", 128, "images per forward pass")
 flags.DEFINE_integer("num_workers", None, "data loader workers (default: 0 for MNIST-5k, CPUs-1 otherwise)")
 flags.DEFINE_string("output", None, "write the results as JSON to this file")
@@ -132,6 +139,13 @@ def main():
     run_cfg, weights, step, source = (None, {}, None, None)
     if FLAGS.checkpoint:
         run_cfg, weights, step, source = common.load_weights(FLAGS.checkpoint, FLAGS.trust_pickle)
+    name_hint = run_cfg["model"] if run_cfg else FLAGS.model
+    task = common.registered_cfg(name_hint).get("task", "classification") if name_hint else "classification"
+    if task != "classification":
+        from py.eval import evaluate_dense
+        return evaluate_dense.main(FLAGS, task, run_cfg, weights, step, source, device)
+    if FLAGS.tta:
+        raise common.UsageError("--tta is for segmentation models (upernet_*)")
     name, kwargs, img_size, in_chans = resolve_model(run_cfg)
     val, classes, info = build_val_set(run_cfg, img_size, in_chans)
     torch.manual_seed(_setting("seed", run_cfg, 0))

@@ -9,6 +9,7 @@ Importing this package also registers every model with timm (`timm.create_model(
 import contextlib
 
 from py.models import dyvm, pvmamba, vim, vmamba  # noqa: F401  (registers the models)
+from py.models import dense  # noqa: F401,E402  (registers mask_rcnn_* / upernet_*, after the backbones)
 from py.models import weights  # noqa: F401  (the one weights path: py.models.weights.read/load_into)
 from py.models.features import layer_ids
 from py.models.flops import count_flops

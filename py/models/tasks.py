@@ -6,16 +6,20 @@
     task = py.models.build_task(model, mesa=1.0)                     # MESA: task.loss(..., ema=ema_module)
 
 The trainer, the profiler and export call this interface; which family needs what (DyVM: its own
-objective with a teacher, keep-ratio and GFLOPs reports) is known only here, in py/models.
+objective with a teacher, keep-ratio and GFLOPs reports; detectors and segmenters: their own losses,
+`task.kind` "detection"/"segmentation", and logits None) is known only here, in py/models.
 """
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ClassificationTask", "DyVMTask", "MesaTask", "build_task", "mesa_term"]
+__all__ = ["ClassificationTask", "DetectionTask", "DyVMTask", "MesaTask", "SegmentationTask", "build_task",
+           "mesa_term"]
 
 
 class ClassificationTask:
     """Cross-entropy on the logits (soft targets from mixup/cutmix as their expectation)."""
+
+    kind = "classification"
 
     def __init__(self, label_smoothing=0.0):
         self.label_smoothing = label_smoothing
@@ -83,8 +87,48 @@ def mesa_term(logits, ema, images):
     return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
 
 
+class DetectionTask:
+    """A torchvision-style detector (py.models.dense.mask_rcnn): in training mode the model takes the
+    images (a list of (3, H, W) tensors) and targets (dicts of boxes/labels/masks) and returns its loss
+    terms; the loss is their sum. Returns (loss, None): there are no logits to score."""
+
+    kind = "detection"
+
+    def loss(self, model, images, targets):
+        terms = model(images, targets)
+        self.last_terms = {k: float(v.detach()) for k, v in terms.items()}
+        return sum(terms.values()), None
+
+    def epoch_report(self, model, images=None):
+        return {}
+
+
+class SegmentationTask:
+    """A segmenter (py.models.dense.upernet): in training mode the model returns its decode and
+    auxiliary logits; the loss is mmseg's per-pixel cross-entropy over all pixels (dense.md §2.4)."""
+
+    kind = "segmentation"
+
+    def __init__(self, model):
+        self.aux_weight = getattr(model, "aux_weight", 0.0)
+
+    def loss(self, model, images, labels):
+        from py.models.dense.upernet import segmentation_loss
+        loss, parts = segmentation_loss(model(images), labels, aux_weight=self.aux_weight)
+        self.last_terms = {k: float(v.detach()) for k, v in parts.items()}
+        return loss, None
+
+    def epoch_report(self, model, images=None):
+        return {}
+
+
 def build_task(model, teacher=None, label_smoothing=0.0, mesa=0.0):
     """The task object for `model` (unwrapped: not DDP/compiled); mesa > 0 adds MESA with that weight."""
     from py.models.dyvm import DyVM
+    kind = getattr(model, "task", "classification")
+    if kind == "detection":
+        return DetectionTask()
+    if kind == "segmentation":
+        return SegmentationTask(model)
     task = DyVMTask(model, teacher, label_smoothing) if isinstance(model, DyVM) else ClassificationTask(label_smoothing)
     return MesaTask(task, mesa) if mesa > 0 else task

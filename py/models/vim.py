@@ -221,6 +221,8 @@ class VisionMamba(nn.Module):
         super().__init__()
         if not isinstance(depth, int) or depth < 1:
             raise ValueError(f"depth must be a positive int, got {depth!r}")
+        if not isinstance(embed_dim, int) or embed_dim < 1:
+            raise ValueError(f"embed_dim must be a positive int, got {embed_dim!r}")
         stride = patch_size if stride is None else stride
         self.num_classes = num_classes
         self.embed_dim = self.num_features = embed_dim

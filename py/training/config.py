@@ -9,6 +9,7 @@ flags, paths or configs ends the program with one `error:` line and exit code 2 
 import json
 import math
 import os
+import pathlib
 import stat
 import sys
 import time
@@ -26,8 +27,17 @@ flags.DEFINE_string("config", None, "YAML file of flag values (e.g. py/training/
 # --model, --model_kwargs, --trust_pickle, --device, --threads: the layer shared with the eval tools.
 cli.define_model_flags(FLAGS, checkpoint=None, model_default="vim_mnist", model_kwargs_default="{}")
 cli.define_runtime_flags(FLAGS)
-flags.DEFINE_string("data_path", None, "ImageNet-style dataset root with train/ and val/ class folders; "
-                    "empty: the embedded MNIST-5k")
+flags.DEFINE_enum("task", "auto", ["auto", "classification", "detection", "segmentation"],
+                  "what is trained; auto: the model's own task (mask_rcnn_* detection, upernet_* segmentation). "
+                  "detection/segmentation without --model train mask_rcnn_vmamba_mnist/upernet_vmamba_mnist")
+flags.DEFINE_string("data_path", None, "dataset root; classification: ImageNet-style train/ and val/ class folders; "
+                    "detection: COCO (annotations/instances_{train,val}2017.json, train2017/, val2017/); "
+                    "segmentation: ADE20K (images/ and annotations/ {training,validation}) or COCO instances. "
+                    "Empty: the embedded MNIST-5k (digit canvases for detection/segmentation)")
+flags.DEFINE_string("backbone_checkpoint", None, "detection/segmentation: backbone weights (a classification "
+                    "checkpoint, ours or official, or an official detection/segmentation checkpoint's backbone.*)")
+flags.DEFINE_bool("multiscale", False, "detection: the 3x recipe's multi-scale + crop augmentation in the data "
+                  "(dense.md §1.5) instead of the model's fixed resize")
 flags.DEFINE_integer("img_size", None, "input resolution, 1..4096 (default: 28 for MNIST-5k, 224 otherwise)")
 flags.DEFINE_integer("in_chans", None, "input channels fed to the model, 1..64 (default: 1 for MNIST-5k, "
                      "3 otherwise; ImageFolder data is RGB: 3)")
@@ -44,6 +54,17 @@ flags.DEFINE_float("lr", 4e-3, "peak learning rate (not rescaled by batch size: 
 flags.DEFINE_float("min_lr", 1e-5, "final learning rate of the cosine schedule (0 <= min_lr <= lr)")
 flags.DEFINE_float("warmup_epochs", 1.0, "linear warmup length in epochs (0 <= warmup_epochs <= epochs)")
 flags.DEFINE_float("warmup_lr", 1e-6, "learning rate at step 0")
+flags.DEFINE_integer("warmup_steps", 0, "warmup length in optimizer steps; > 0 replaces --warmup_epochs "
+                     "(the dense recipes: 1000 for Mask R-CNN, 1500 for UperNet)")
+flags.DEFINE_enum("schedule", "cosine", ["cosine", "step", "poly"], "after warmup: cosine to --min_lr, step "
+                  "(× --lr_step_factor after each of --lr_steps epochs; Mask R-CNN 1x/3x) or poly "
+                  "(power --poly_power to --min_lr; UperNet)")
+flags.DEFINE_string("lr_steps", "", "step schedule: comma-separated epochs after which the lr drops, e.g. 8,11")
+flags.DEFINE_float("lr_step_factor", 0.1, "step schedule: lr factor per milestone, in (0, 1]")
+flags.DEFINE_float("poly_power", 1.0, "poly schedule: power, > 0")
+flags.DEFINE_enum("no_decay_rule", "default", ["default", "norm_names"], "which parameters get no weight decay: "
+                  "default (1-D tensors, biases, A_log/D, embeddings) or norm_names (names containing norm, "
+                  "absolute_pos_embed or relative_position_bias_table: the mmdet/mmseg recipes)")
 flags.DEFINE_float("weight_decay", 0.05, "AdamW weight decay (none on norms, biases, A_log, D, embeddings)")
 flags.DEFINE_float("layer_decay", 1.0, "layer-wise lr decay, in (0, 1] (1: off): layer i of L (embeddings 0, "
                    "head L-1, per family: py.models.layer_ids) trains at lr × layer_decay^(L-1-i)")
@@ -251,6 +272,52 @@ def _path(cfg, name):
     return caller_path(v)
 
 
+# The model trained by --task=detection/segmentation when no --model is given: learns on the CPU in minutes.
+DENSE_DEFAULT_MODELS = {"detection": "mask_rcnn_vmamba_mnist", "segmentation": "upernet_vmamba_mnist"}
+# Classification-only settings, refused for the dense tasks rather than silently ignored.
+_CLASSIFICATION_ONLY = (("mixup", 0.0), ("cutmix", 0.0), ("label_smoothing", 0.0), ("randaug", ""), ("reprob", 0.0),
+                        ("repeated_aug", 0), ("mesa", False), ("teacher_model", None))
+
+
+def dataset_kind(task, data_path):
+    """py.training.dense.dataset_kind, its error as a ConfigError naming the flag."""
+    from py.training import dense
+    try:
+        return dense.dataset_kind(task, data_path)
+    except ValueError as exc:
+        raise ConfigError(f"{_flag('data_path')} {exc}")
+
+
+def _check_dense(cfg):
+    for name, off in _CLASSIFICATION_ONLY:
+        if cfg[name] not in (off, None):
+            raise ConfigError(f"{_flag(name)} applies to classification only (--task={cfg['task']})")
+    if cfg["in_chans"] not in (None, 3):
+        raise ConfigError(f"{_flag('in_chans')} must be 3 for {cfg['task']} (images are decoded as RGB), "
+                          f"got {cfg['in_chans']}")
+    cfg["in_chans"] = 3
+    if cfg["multiscale"] and cfg["task"] != "detection":
+        raise ConfigError(f"{_flag('multiscale')} is the detection 3x recipe's augmentation (--task=detection)")
+
+
+def lr_step_epochs(cfg):
+    """--lr_steps as a sorted list of epochs in 1..epochs; ConfigError for anything else."""
+    text = str(cfg["lr_steps"] or "").strip()
+    if not text:
+        if cfg["schedule"] == "step":
+            raise ConfigError(f"--schedule=step needs {_flag('lr_steps')}, e.g. 8,11")
+        return []
+    try:
+        epochs = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{_flag('lr_steps')} must be comma-separated epochs, e.g. 8,11; got {text!r}")
+    if any(not 1 <= e <= cfg["epochs"] for e in epochs) or epochs != sorted(set(epochs)):
+        raise ConfigError(f"{_flag('lr_steps')} must be increasing epochs in 1..{cfg['epochs']} (--epochs), got {text!r}")
+    if cfg["schedule"] != "step":
+        raise ConfigError(f"{_flag('lr_steps')} is for --schedule=step (now {cfg['schedule']})")
+    return epochs
+
+
 def build(values):
     """The run's configuration from flag values (by name): derived settings filled in, every value
     checked. Raises ConfigError naming the flag and what was expected."""
@@ -260,25 +327,37 @@ def build(values):
         if isinstance(v, str) and "\0" in v:
             raise ConfigError(f"{_flag(name)} contains a NUL character")
     import py.models as models
+    from py.models import registry
     known = models.list_models()
     if cfg["model"] not in known:
         raise ConfigError(f"{_flag('model')}: unknown model {cfg['model']!r}; known: {', '.join(known)}")
     cfg["model_kwargs"] = _json_dict("model_kwargs", cfg["model_kwargs"])
     cfg["teacher_model_kwargs"] = _json_dict("teacher_model_kwargs", cfg["teacher_model_kwargs"])
+    model_task = registry.registered_cfg(cfg["model"]).get("task", "classification")
+    if cfg["task"] == "auto":
+        cfg["task"] = model_task
+    elif cfg["task"] != model_task:
+        raise ConfigError(f"{_flag('task')}={cfg['task']} but --model={cfg['model']} is a {model_task} model (detection: "
+                          f"{', '.join(models.list_models('mask_rcnn_*'))}; segmentation: "
+                          f"{', '.join(models.list_models('upernet_*'))})")
     data_path = _path(cfg, "data_path")
     if data_path is not None and _kind(data_path, "data_path") != "dir":
-        raise ConfigError(f"{_flag('data_path')} {data_path} is not a directory (expected a dataset root with "
-                          "train/ and val/ directories, one sub-directory per class)")
+        from py.training.dense import DATA_LAYOUTS
+        raise ConfigError(f"{_flag('data_path')} {data_path} is not a directory (expected a dataset root: "
+                          f"{DATA_LAYOUTS[cfg['task']]})")
     cfg["data_path"] = str(data_path) if data_path else None
-    mnist = data_path is None
-    cfg["dataset"] = "mnist5k" if mnist else "imagefolder"
+    cfg["dataset"] = dataset_kind(cfg["task"], data_path)
     _check_int(cfg, "img_size", 1, 4096)
     _check_int(cfg, "in_chans", 1, 64)
-    cfg["img_size"] = cfg["img_size"] or (28 if mnist else 224)
-    cfg["in_chans"] = cfg["in_chans"] or (1 if mnist else 3)
-    if not mnist and cfg["in_chans"] != 3:
-        raise ConfigError(f"{_flag('in_chans')} must be 3 for ImageFolder data (its images are decoded as RGB), "
-                          f"got {cfg['in_chans']}")
+    if cfg["task"] == "classification":
+        mnist = data_path is None
+        cfg["img_size"] = cfg["img_size"] or (28 if mnist else 224)
+        cfg["in_chans"] = cfg["in_chans"] or (1 if mnist else 3)
+        if not mnist and cfg["in_chans"] != 3:
+            raise ConfigError(f"{_flag('in_chans')} must be 3 for ImageFolder data (its images are decoded as RGB), "
+                              f"got {cfg['in_chans']}")
+    else:
+        _check_dense(cfg)
     _check_float(cfg, "val_fraction", 0.0, 1.0, lo_open=True, hi_open=True)
     _check_int(cfg, "limit_train", 0)
     _check_int(cfg, "num_workers", 0, 256)
@@ -289,6 +368,10 @@ def build(values):
     _check_float(cfg, "min_lr", 0.0, cfg["lr"])
     _check_float(cfg, "warmup_lr", 0.0)
     _check_float(cfg, "warmup_epochs", 0.0, float(cfg["epochs"]))
+    _check_int(cfg, "warmup_steps", 0)
+    _check_float(cfg, "lr_step_factor", 0.0, 1.0, lo_open=True)
+    _check_float(cfg, "poly_power", 0.0, lo_open=True)
+    cfg["lr_steps"] = ",".join(str(e) for e in lr_step_epochs(cfg))
     _check_float(cfg, "weight_decay", 0.0)
     _check_float(cfg, "layer_decay", 0.0, 1.0, lo_open=True)
     _check_float(cfg, "clip_grad", 0.0)
@@ -323,7 +406,7 @@ def build(values):
                               f"{', '.join(known)}")
     else:
         cfg["teacher_model"] = None
-    for name in ("teacher_checkpoint", "finetune"):
+    for name in ("teacher_checkpoint", "finetune", "backbone_checkpoint"):
         p = _path(cfg, name)
         if p is not None and _kind(p, name) is None:
             raise ConfigError(f"{_flag(name)} {p} does not exist")
@@ -354,10 +437,21 @@ def build(values):
     return cfg
 
 
+CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
+
+
 def resolve():
-    """The run's configuration as a dict (written to <output>/config.json)."""
+    """The run's configuration as a dict (written to <output>/config.json).
+
+    --task=detection/segmentation with neither --model nor --config trains the task's small default
+    model with its recipe (configs/<model>.yaml): the embedded canvases in minutes on a CPU."""
+    if FLAGS.task in DENSE_DEFAULT_MODELS and not FLAGS.config and not FLAGS["model"].present:
+        FLAGS.config = str(CONFIG_DIR / f"{DENSE_DEFAULT_MODELS[FLAGS.task]}.yaml")
     apply_config_file()
-    return build({name: FLAGS[name].value for name in flag_names()})
+    values = {name: FLAGS[name].value for name in flag_names()}
+    if values["task"] in DENSE_DEFAULT_MODELS and "model" not in explicit_keys():
+        values["model"] = DENSE_DEFAULT_MODELS[values["task"]]
+    return build(values)
 
 
 def merge_run_config(cfg, run_cfg, explicit, allow_change, where):
@@ -389,7 +483,7 @@ def merge_run_config(cfg, run_cfg, explicit, allow_change, where):
                 old = json.loads(old)
             except ValueError:
                 pass
-        if name in ("img_size", "in_chans") and old is None:
+        if (name in ("img_size", "in_chans") and old is None) or (name == "task" and old == "auto"):
             continue  # an older run without the resolved value: nothing to compare
         if merged[name] != old:
             diffs.append((name, old, merged[name]))

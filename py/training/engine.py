@@ -98,10 +98,10 @@ def train_one_epoch(ctx, epoch, loader, start_step_in_epoch, running, on_step_en
         if ctx.mixup is not None and images.shape[0] % 2:
             # Unreadable images made the batch odd; timm's Mixup pairs each image with the reversed batch.
             images, targets = images[:-1], targets[:-1]
-        images = images.to(ctx.device, non_blocking=True)
-        targets = targets.to(ctx.device, non_blocking=True)
+        images = to_device(images, ctx.device)
+        targets = to_device(targets, ctx.device)
         sync = (micro + 1) % accum == 0
-        if images.shape[0] == 0:  # every image of this micro-batch was unreadable: nothing to learn from
+        if len(images) == 0:  # every image of this micro-batch was unreadable: nothing to learn from
             finite = True
             empty = True
         else:
@@ -141,10 +141,11 @@ def train_one_epoch(ctx, epoch, loader, start_step_in_epoch, running, on_step_en
             continue
         micro += 1
         if not empty:
-            running["loss_sum"] += loss.item() * images.shape[0]
-            running["count"] += images.shape[0]
-            running["correct"] += (logits.argmax(-1) == targets).sum().item() if soft_targets is None else 0
-            images_seen += images.shape[0]
+            running["loss_sum"] += loss.item() * len(images)
+            running["count"] += len(images)
+            if logits is not None and soft_targets is None:  # dense tasks have no logits to score
+                running["correct"] += (logits.argmax(-1) == targets).sum().item()
+            images_seen += len(images)
         if not sync:
             continue
         micro = 0
@@ -173,6 +174,17 @@ def train_one_epoch(ctx, epoch, loader, start_step_in_epoch, running, on_step_en
             return step_in_epoch, images_seen, time.perf_counter() - t0
     progress.close()
     return step_in_epoch, images_seen, time.perf_counter() - t0
+
+
+def to_device(obj, device):
+    """Tensors, or lists/tuples/dicts of them (detection images and targets), on `device`."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
 
 
 def split_batch(batch):

@@ -1,4 +1,4 @@
-"""AdamW parameter groups and the per-step warmup + cosine learning-rate schedule."""
+"""AdamW parameter groups and the per-step learning-rate schedules (warmup, then cosine, step or poly)."""
 import math
 
 import torch
@@ -9,13 +9,23 @@ NO_DECAY_NAMES = ("A_log", "A_b_log", "Ds", "D", "D_b", "A_logs", "pos_embed", "
                   "absolute_pos_embed", "relative_position_bias_table")
 
 
-def _no_decay(name, param):
+# mmdet/mmseg's rule for the dense recipes (dense.md §1.6, mmengine custom_keys): no decay for every
+# parameter whose full name contains one of these; everything else (biases, A_logs, Ds, the index-named
+# stem/downsample LayerNorms, BatchNorm `bn` weights) is decayed.
+NORM_NAME_KEYS = ("norm", "absolute_pos_embed", "relative_position_bias_table")
+NO_DECAY_RULES = ("default", "norm_names")
+
+
+def _no_decay(name, param, rule="default"):
+    if rule == "norm_names":
+        return any(k in name for k in NORM_NAME_KEYS)
     leaf = name.rsplit(".", 1)[-1]
     return param.ndim <= 1 or name.endswith(".bias") or leaf in NO_DECAY_NAMES
 
 
-def param_groups(model, weight_decay, layer_decay=1.0):
-    """AdamW groups: decayed weights, and norms/biases/A_log/D/embeddings without decay.
+def param_groups(model, weight_decay, layer_decay=1.0, rule="default"):
+    """AdamW groups: decayed weights, and norms/biases/A_log/D/embeddings without decay (rule
+    "default"), or, rule "norm_names", only the parameters named like norms (mmdet/mmseg recipes).
 
     layer_decay < 1 (layer-wise lr decay, BEiT/timm style) splits both by the family's layer ids
     (py.models.layer_ids: embeddings 0, layers in order, head last = L - 1); group "lr_scale" is
@@ -30,7 +40,7 @@ def param_groups(model, weight_decay, layer_decay=1.0):
         if not p.requires_grad:
             continue
         layer = ids[name] if ids is not None else 0
-        no_decay = _no_decay(name, p)
+        no_decay = _no_decay(name, p, rule)
         key = (layer, no_decay)
         if key not in groups:
             groups[key] = {"params": [], "weight_decay": 0.0 if no_decay else weight_decay,
@@ -43,8 +53,10 @@ def param_groups(model, weight_decay, layer_decay=1.0):
     return [groups[k] for k in sorted(groups)]
 
 
-def build_optimizer(model, lr, weight_decay, betas=(0.9, 0.999), eps=1e-8, layer_decay=1.0):
-    return torch.optim.AdamW(param_groups(model, weight_decay, layer_decay), lr=lr, betas=betas, eps=eps)
+def build_optimizer(model, lr, weight_decay, betas=(0.9, 0.999), eps=1e-8, layer_decay=1.0, rule="default"):
+    if rule not in NO_DECAY_RULES:
+        raise ValueError(f"no-decay rule must be one of {NO_DECAY_RULES}, got {rule!r}")
+    return torch.optim.AdamW(param_groups(model, weight_decay, layer_decay, rule), lr=lr, betas=betas, eps=eps)
 
 
 def peak_group_lr(optimizer):
@@ -68,6 +80,9 @@ class WarmupCosine:
     def lr_at(self, step):
         if step < self.warmup_steps:
             return self.warmup_lr + (self.base_lr - self.warmup_lr) * step / self.warmup_steps
+        return self.after_warmup(step)
+
+    def after_warmup(self, step):
         span = max(1, self.total_steps - self.warmup_steps)
         t = min(1.0, (step - self.warmup_steps) / span)
         return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1.0 + math.cos(math.pi * t))
@@ -77,3 +92,29 @@ class WarmupCosine:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
+
+
+class WarmupStep(WarmupCosine):
+    """Warmup, then base_lr × factor^(number of milestones passed) (mmdet's 1x/3x: ×0.1 after epochs
+    8 and 11, or 27 and 33); milestones are step counts (the trainer converts epochs)."""
+
+    def __init__(self, optimizer, base_lr, total_steps, milestones, factor=0.1, warmup_steps=0, warmup_lr=0.0):
+        super().__init__(optimizer, base_lr, total_steps, warmup_steps, warmup_lr)
+        self.milestones, self.factor = sorted(milestones), factor
+
+    def after_warmup(self, step):
+        return self.base_lr * self.factor ** sum(step >= m for m in self.milestones)
+
+
+class WarmupPoly(WarmupCosine):
+    """Warmup, then min_lr + (base_lr − min_lr)·(1 − (step − warmup)/(total − warmup))^power (mmseg's 160k
+    schedule: power 1, min_lr 0, warmup 1500 iterations from 1e-6 × base)."""
+
+    def __init__(self, optimizer, base_lr, total_steps, power=1.0, warmup_steps=0, warmup_lr=0.0, min_lr=0.0):
+        super().__init__(optimizer, base_lr, total_steps, warmup_steps, warmup_lr, min_lr)
+        self.power = power
+
+    def after_warmup(self, step):
+        span = max(1, self.total_steps - self.warmup_steps)
+        t = min(1.0, (step - self.warmup_steps) / span)
+        return self.min_lr + (self.base_lr - self.min_lr) * (1.0 - t) ** self.power

@@ -211,7 +211,15 @@ class Trainer:
 
     def _setup_data(self):
         cfg = self.cfg
-        if cfg["dataset"] == "mnist5k":
+        self.dense = cfg["task"] != "classification"
+        self.class_names = None
+        if self.dense:
+            from py.training import dense
+            self.train_set, self.val_set, info = dense.build_datasets(cfg)
+            self.num_classes, self.class_names = info["num_classes"], info["class_names"]
+            if cfg["limit_train"]:
+                self.train_set = torch.utils.data.Subset(self.train_set, range(min(cfg["limit_train"], len(self.train_set))))
+        elif cfg["dataset"] == "mnist5k":
             self.train_set, self.val_set = data.mnist5k_datasets(
                 cfg["val_fraction"], cfg["seed"], cfg["in_chans"], cfg["img_size"], cfg["limit_train"] or None)
             self.num_classes = data.MNIST_CLASSES
@@ -231,17 +239,22 @@ class Trainer:
             raise config.ConfigError("the training set is empty")
         workers = cfg["num_workers"] if cfg["num_workers"] is not None else (
             0 if cfg["dataset"] == "mnist5k" else data.num_workers_default())
+        train_collate, val_collate, val_batch = data.skip_collate, data.skip_collate, cfg["batch_size"]
+        if self.dense:
+            train_collate, val_collate = dense.train_collate(cfg["task"]), dense.val_collate
+            val_batch = 1 if cfg["task"] == "segmentation" else cfg["batch_size"]  # whole images of any size
         self.train_sampler = data.EpochSampler(len(self.train_set), True, cfg["seed"], self.rank, self.world_size,
                                                repeats=cfg["repeated_aug"], tag_copies=cfg["dataset"] == "mnist5k")
         self.val_sampler = data.EpochSampler(len(self.val_set), False, 0, self.rank, self.world_size)
-        loader = lambda ds, sampler, drop: torch.utils.data.DataLoader(
-            ds, batch_size=cfg["batch_size"], sampler=sampler, num_workers=workers, drop_last=drop,
-            pin_memory=self.device.type == "cuda", persistent_workers=False, collate_fn=data.skip_collate,
+        loader = lambda ds, sampler, drop, batch, collate: torch.utils.data.DataLoader(
+            ds, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=drop,
+            pin_memory=self.device.type == "cuda", persistent_workers=False, collate_fn=collate,
             # Its own generator: creating an iterator must not draw from the global RNG, or a resumed
             # run's dropout/drop-path masks would drift from the uninterrupted run's.
             generator=torch.Generator().manual_seed(cfg["seed"]))
-        self.make_train_loader = lambda: loader(self.train_set, self.train_sampler, True)
-        self.val_loader = loader(self.val_set, self.val_sampler, False)
+        self.make_train_loader = lambda: loader(self.train_set, self.train_sampler, True, cfg["batch_size"],
+                                                train_collate)
+        self.val_loader = loader(self.val_set, self.val_sampler, False, val_batch, val_collate)
         per_step = cfg["batch_size"] * cfg["accum_steps"]
         self.steps_per_epoch = self.train_sampler.per_rank // per_step
         if self.steps_per_epoch == 0:
@@ -261,11 +274,19 @@ class Trainer:
         kwargs = dict(cfg["model_kwargs"])
         if cfg["drop_path"]:
             kwargs["drop_path_rate"] = cfg["drop_path"]
-        kwargs.setdefault("in_chans", cfg["in_chans"])  # the data decides (vim_mnist on RGB folders: 3)
+        if self.dense:  # RGB images; the model's own input size unless --img_size
+            if cfg["backbone_checkpoint"]:
+                kwargs["pretrained_backbone"] = cfg["backbone_checkpoint"]
+            if cfg["multiscale"]:
+                kwargs["skip_resize_in_training"] = True  # the data resizes (3x recipe)
+        else:
+            kwargs.setdefault("in_chans", cfg["in_chans"])  # the data decides (vim_mnist on RGB folders: 3)
         try:
             model = models.create_model(cfg["model"], num_classes=self.num_classes, img_size=cfg["img_size"], **kwargs)
         except (ValueError, TypeError) as exc:
             raise config.ConfigError(f"cannot build --model={cfg['model']} with {kwargs}: {exc}")
+        if self.dense and self.world_size > 1 and self.device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # 2 images per GPU: BN over all of them
         trust = bool(cfg.get("trust_pickle"))
         if cfg["finetune"]:  # adapted as for fine-tuning: new classifier size, pos_embed grid, DyVM heads
             self._load_weights(model, "finetune", adapt=True, trust_pickle=trust)
@@ -310,16 +331,24 @@ class Trainer:
         cfg = self.cfg
         try:
             self.optimizer = optim.build_optimizer(self.unwrapped, cfg["lr"], cfg["weight_decay"],
-                                                   layer_decay=cfg["layer_decay"])
+                                                   layer_decay=cfg["layer_decay"], rule=cfg["no_decay_rule"])
         except (TypeError, ValueError) as exc:  # a model without the family's layer numbering
             raise config.ConfigError(f"--layer_decay={cfg['layer_decay']} with --model={cfg['model']}: {exc}")
         # --max_steps stops a run early; the schedule always spans --epochs, so a run stopped there
         # and resumed follows exactly the uninterrupted run.
         total = self.steps_per_epoch * cfg["epochs"]
         self.total_steps = total
-        self.schedule = optim.WarmupCosine(self.optimizer, cfg["lr"], total,
-                                           round(cfg["warmup_epochs"] * self.steps_per_epoch),
-                                           cfg["warmup_lr"], cfg["min_lr"])
+        warmup = cfg["warmup_steps"] or round(cfg["warmup_epochs"] * self.steps_per_epoch)
+        if cfg["schedule"] == "step":
+            milestones = [e * self.steps_per_epoch for e in config.lr_step_epochs(cfg)]
+            self.schedule = optim.WarmupStep(self.optimizer, cfg["lr"], total, milestones, cfg["lr_step_factor"],
+                                             warmup, cfg["warmup_lr"])
+        elif cfg["schedule"] == "poly":
+            self.schedule = optim.WarmupPoly(self.optimizer, cfg["lr"], total, cfg["poly_power"], warmup,
+                                             cfg["warmup_lr"], cfg["min_lr"])
+        else:
+            self.schedule = optim.WarmupCosine(self.optimizer, cfg["lr"], total, warmup, cfg["warmup_lr"],
+                                               cfg["min_lr"])
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg["amp"] == "fp16")
         self.global_step = 0
 
@@ -392,7 +421,7 @@ class Trainer:
                 writer = SummaryWriter(str(out / "tensorboard"))
             except ImportError as exc:
                 log.warning("TensorBoard events disabled: %s", exc)
-            print(f"[train] {cfg['model']}: {self.num_params:,} params | {cfg['dataset']} "
+            print(f"[train] {cfg['model']} ({cfg['task']}): {self.num_params:,} params | {cfg['dataset']} "
                   f"{len(self.train_set)} train / {len(self.val_set)} val | {self.world_size} process(es) on "
                   f"{self.device} | {cfg['epochs']} epochs × {self.steps_per_epoch} steps | output {out}",
                   file=sys.stderr)
@@ -454,10 +483,10 @@ class Trainer:
             if writer is not None:
                 writer.close()
             if result and not result.get("partial"):
-                ema = f", EMA {result['val_top1_ema']:.2f}%" if "val_top1_ema" in result else ""
-                print(f"[train] done in {engine.seconds_to_text(total_time)}: val top-1 {result['val_top1']:.2f}%, "
-                      f"top-5 {result['val_top5']:.2f}%{ema} after {result['epoch']} epochs; "
-                      f"outputs in {out}", file=sys.stderr)
+                key = self.headline_keys()[0]
+                ema = f", EMA {result[key + '_ema']:.2f}" if key + "_ema" in result else ""
+                print(f"[train] done in {engine.seconds_to_text(total_time)}: {self.val_summary(result)}{ema} after "
+                      f"{result['epoch']} epochs; outputs in {out}", file=sys.stderr)
         return result
 
     def _end_of_epoch(self, epoch, running, writer, out, partial=False):
@@ -465,26 +494,26 @@ class Trainer:
         loss_sum, count, correct, images, skipped, train_unreadable = engine.all_reduce_sum(
             [running["loss_sum"], running["count"], running["correct"], running["images"], running["skipped_steps"],
              running.get("skipped_images", 0)], self.device)
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(count, 1)}
         val_stats = {}
-        top1, top5, val_loss, per_class = engine.evaluate(self.model, self.val_loader, self.device, cfg["amp"],
-                                                          self.num_classes, stats=val_stats)
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(count, 1), "val_top1": top1, "val_top5": top5,
-               "val_loss": val_loss, "lr": optim.peak_group_lr(self.optimizer),
-               "img_per_s": images / max(running["seconds"], 1e-9), "seconds": running["seconds"],
-               "step": self.global_step, "skipped_steps": int(skipped), "train_images": int(count),
-               "val_images": val_stats["images"], "train_skipped_images": int(train_unreadable),
-               "val_skipped_images": val_stats["skipped_images"]}
+        row.update(self._validate(self.model, val_stats))
+        row.update({"lr": optim.peak_group_lr(self.optimizer),
+                    "img_per_s": images / max(running["seconds"], 1e-9), "seconds": running["seconds"],
+                    "step": self.global_step, "skipped_steps": int(skipped), "train_images": int(count),
+                    "val_images": val_stats["images"], "train_skipped_images": int(train_unreadable),
+                    "val_skipped_images": val_stats["skipped_images"]})
         if partial:
             row["partial"] = True  # stopped by --max_steps inside this epoch
         if cfg["mesa"]:
             row["mesa"] = self.mesa_on
-        if self.mixup is None:
+        if self.mixup is None and not self.dense:
             row["train_top1"] = 100.0 * correct / max(count, 1)
         if self.ema is not None:
-            row["val_top1_ema"], row["val_top5_ema"], _, _ = engine.evaluate(
-                self.ema.module, self.val_loader, self.device, cfg["amp"], self.num_classes)
+            row.update({f"{k}_ema": v for k, v in self._validate(self.ema.module).items()
+                        if k in ("val_top1", "val_top5") or k in self.headline_keys()})
         # The task's extra metrics (e.g. achieved keep ratios and GFLOPs per image on fixed images).
-        row.update(self.task.epoch_report(self.unwrapped, self._report_images() if self.is_main else None))
+        row.update(self.task.epoch_report(self.unwrapped, self._report_images() if self.is_main and not self.dense
+                                          else None))
         if self.is_main:
             files.append_line(out / "metrics.jsonl", json.dumps(row))
             if writer is not None:
@@ -496,13 +525,39 @@ class Trainer:
                 ("token_keep_ratio", "tokens kept"), ("block_keep_ratio", "blocks kept"),
                 ("gflops_per_image", "GFLOPs/image")) if key in row)
             skips = (f", unreadable images skipped: {row['train_skipped_images']} train, {row['val_skipped_images']} val"
-                     if cfg["dataset"] == "imagefolder" or row["train_skipped_images"] or row["val_skipped_images"]
-                     else "")
+                     if cfg["dataset"] not in ("mnist5k", "mnist_canvas") or row["train_skipped_images"]
+                     or row["val_skipped_images"] else "")
             print(f"[train] epoch {epoch + 1}/{cfg['epochs']}{' (partial)' if partial else ''}: train loss "
-                  f"{row['train_loss']:.4f}, val top-1 {top1:.2f}%, top-5 {top5:.2f}% ({row['val_images']} images), "
-                  f"{row['img_per_s']:.0f} img/s, {engine.seconds_to_text(running['seconds'])}{extra}{skips}",
+                  f"{row['train_loss']:.4f}, {self.val_summary(row)} ({row['val_images']} images), "
+                  f"{row['img_per_s']:.{2 if self.dense else 0}f} img/s, {engine.seconds_to_text(running['seconds'])}{extra}{skips}",
                   file=sys.stderr)
         return row
+
+    def _validate(self, model, stats=None):
+        """Validation metrics of `model` on the whole val split: top-1/top-5/loss (classification), COCO AP
+        (detection: bbox_* and segm_*), mIoU/mAcc/aAcc (segmentation)."""
+        if not self.dense:
+            top1, top5, val_loss, _ = engine.evaluate(model, self.val_loader, self.device, self.cfg["amp"],
+                                                      self.num_classes, stats=stats)
+            return {"val_top1": top1, "val_top5": top5, "val_loss": val_loss}
+        from py.training import dense
+        metrics = dense.evaluate(model, self.val_loader, self.device, self.cfg["amp"], self.val_set, self.cfg["task"],
+                                 stats=stats if stats is not None else {})
+        return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}  # per-class lists stay out
+
+    def headline_keys(self):
+        if not self.dense:
+            return ("val_top1",)
+        return ("bbox_AP", "segm_AP") if self.cfg["task"] == "detection" else ("mIoU", "mAcc", "aAcc")
+
+    def val_summary(self, row):
+        """The epoch line's validation part."""
+        if not self.dense:
+            return f"val top-1 {row['val_top1']:.2f}%, top-5 {row['val_top5']:.2f}%"
+        if self.cfg["task"] == "detection":
+            return (f"val box AP {row['bbox_AP']:.2f} (AP50 {row['bbox_AP50']:.2f}), mask AP {row['segm_AP']:.2f}"
+                    if "segm_AP" in row else f"val box AP {row['bbox_AP']:.2f} (AP50 {row['bbox_AP50']:.2f})")
+        return f"val mIoU {row['mIoU']:.2f}, mAcc {row['mAcc']:.2f}, aAcc {row['aAcc']:.2f}"
 
     def _report_images(self):
         """A fixed slice of the validation set (up to 16 readable images) for the task's epoch report:

@@ -5,7 +5,7 @@ import pytest
 from py.eval.tests.cli import run_tool
 
 TOOLS = {"py.eval.evaluate": "--checkpoint", "py.eval.erf": "--num_images", "py.eval.attention": "--token",
-         "py.eval.profile_models": "--models", "py.eval.convert": "--input", "py.eval.export": "--format",
+         "py.eval.profile_models": "--models", "py.eval.convert": "--input", "py.eval.export": "--format", "py.eval.predict": "--indices",
          "py.training.train": "--resume"}
 
 

@@ -23,7 +23,7 @@ def test_recipe_is_valid(path):
     values = yaml.safe_load(path.read_text())
     unknown = [k for k in values if k not in config.FLAGS]
     assert not unknown, unknown
-    assert values["model"] == path.stem and values["model"] in list_models()
+    assert path.stem in (values["model"], values["model"] + "_3x") and values["model"] in list_models()
     create_model(values["model"], **values.get("model_kwargs", {}))
     if values.get("teacher_model"):
         assert values["teacher_model"] in list_models()
@@ -76,10 +76,30 @@ SPEC = {
     "pvmamba_small": dict(gpus=8, batch=128, base_lr=SWIN_LR, values=dict(PVMAMBA_SHARED, drop_path=0.4)),
     "pvmamba_base": dict(gpus=8, batch=128, base_lr=SWIN_LR, values=dict(PVMAMBA_SHARED, drop_path=0.6)),
 }
+# dense.md §1.3-1.6 (Mask R-CNN 1x / 3x, 8 GPUs × 2, no lr scaling) and §2.6 (UperNet 160k: the trainer counts
+# epochs, 127 × 1263 steps = 160,401 iterations); drop-path per backbone (§1.2; PVMamba's det config 0.2).
+MRCNN_1X = {"epochs": 12, "min_lr": 0.0, "schedule": "step", "lr_steps": "8,11", "lr_step_factor": 0.1,
+            "warmup_steps": 1000, "warmup_lr": 1e-7, "weight_decay": 0.05, "no_decay_rule": "norm_names",
+            "clip_grad": 0.0, "amp": "none"}
+MRCNN_3X = dict(MRCNN_1X, epochs=36, lr_steps="27,33", multiscale=True)
+UPERNET_160K = {"epochs": 127, "min_lr": 0.0, "schedule": "poly", "poly_power": 1.0, "warmup_steps": 1500,
+                "warmup_lr": 6e-11, "weight_decay": 0.01, "no_decay_rule": "norm_names", "clip_grad": 0.0, "amp": "none"}
+for _bb, _dp in (("vmamba_tiny_s1l8", 0.2), ("vmamba_small_s2l15", 0.3), ("vmamba_base_s2l15", 0.6),
+                 ("pvmamba_tiny", 0.2)):
+    SPEC[f"mask_rcnn_{_bb}"] = dict(gpus=8, batch=2, fixed_lr={"lr": 1e-4}, values=dict(MRCNN_1X, drop_path=_dp))
+    SPEC[f"upernet_{_bb}"] = dict(gpus=8, batch=2, fixed_lr={"lr": 6e-5}, values=dict(UPERNET_160K, drop_path=_dp))
+for _bb, _dp in (("vmamba_tiny_s1l8", 0.2), ("vmamba_small_s2l15", 0.3)):  # no base 3x upstream
+    SPEC[f"mask_rcnn_{_bb}_3x"] = dict(gpus=8, batch=2, fixed_lr={"lr": 1e-4}, values=dict(MRCNN_3X, drop_path=_dp))
+# Our design on the 1x recipe (dense.md §6.2: upstream Vim detection is ViTDet); Vim-S seg: §6.1 (S script).
+SPEC["mask_rcnn_vim_small"] = dict(gpus=8, batch=2, fixed_lr={"lr": 1e-4}, values=MRCNN_1X)
+SPEC["upernet_vim_small"] = dict(gpus=4, batch=8, fixed_lr={"lr": 1e-4}, values={
+    "epochs": 95, "min_lr": 0.0, "schedule": "poly", "poly_power": 1.0, "warmup_steps": 1500, "warmup_lr": 1e-10,
+    "weight_decay": 0.05, "layer_decay": 0.95, "clip_grad": 0.0, "amp": "none"})
 # Where a recipe knowingly differs from the spec: (recipe prefix, key) -> (our value, why).
 DEVIATIONS = {
     ("vmamba", "amp"): ("bf16", "bf16 autocast needs no GradScaler on Ampere/Hopper; upstream fp16 + GradScaler"),
     ("pvmamba", "amp"): ("bf16", "as VMamba"),
+    ("upernet_vim", "amp"): ("bf16", "upstream apex AMP (fp16); bf16 needs no scaler"),
 }
 # Settings the spec tables do not give, checked against the official scripts' defaults the configs state.
 UNSPECIFIED = {"clip_grad": 0.0}  # DeiT's main.py: --clip-grad None (Vim, DyVM)
@@ -113,8 +133,10 @@ def test_recipe_matches_the_spec_table(path, tmp_path):
     assert launch and int(launch.group(1)) == spec["gpus"], "launch comment"
     assert cfg["batch_size"] == spec["batch"] and cfg["accum_steps"] == 1
     total = spec["gpus"] * spec["batch"]
-    for key, base in spec["base_lr"].items():
+    for key, base in spec.get("base_lr", {}).items():
         assert cfg[key] == pytest.approx(base * total / 512, rel=1e-12), (key, cfg[key], base, total)
+    for key, value in spec.get("fixed_lr", {}).items():  # the dense recipes: no automatic lr scaling
+        assert cfg[key] == value, (key, cfg[key], value)
     values = dict(UNSPECIFIED) if path.stem.startswith(("vim", "dyvm")) else {}
     values.update(spec["values"])
     for key, want in values.items():
@@ -126,6 +148,7 @@ def test_recipe_matches_the_spec_table(path, tmp_path):
         assert cfg["teacher_model"] == spec["teacher"]
     assert cfg["model_kwargs"] == spec.get("kwargs", {})
     # Every key the YAML sets is compared above (nothing in a recipe goes unchecked).
-    checked = set(values) | set(spec["base_lr"]) | {"model", "model_kwargs", "teacher_model", "batch_size"}
+    checked = (set(values) | set(spec.get("base_lr", {})) | set(spec.get("fixed_lr", {}))
+               | {"model", "model_kwargs", "teacher_model", "batch_size"})
     unchecked = set(yaml.safe_load(text)) - checked
     assert not unchecked, unchecked
