@@ -541,6 +541,8 @@ class Trainer:
                                                       self.num_classes, stats=stats)
             return {"val_top1": top1, "val_top5": top5, "val_loss": val_loss}
         from py.training import dense
+        if model is self.model:  # not the DDP/compiled wrapper: eval needs no sync, and sliding windows read
+            model = self.unwrapped  # the model's own max_input_size (Vim), which a wrapper hides
         metrics = dense.evaluate(model, self.val_loader, self.device, self.cfg["amp"], self.val_set, self.cfg["task"],
                                  stats=stats if stats is not None else {})
         return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}  # per-class lists stay out
