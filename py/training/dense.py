@@ -16,6 +16,10 @@ import torch.nn.functional as F
 from py.training import engine
 
 HEADLINE = {"detection": ("bbox_AP", "box AP"), "segmentation": ("mIoU", "mIoU")}
+# The canvases' segmentation pipeline departs from mmseg's: a mirrored digit is not a digit (no flip),
+# the digits are already drawn at 1-2x (ratio 0.75-1.25, not 0.5-2), and background always covers
+# more than 75% of a canvas, so the crop retries only ask for some digit (>= 1% of the pixels).
+CANVAS_SEG_POLICY = dict(flip_p=0.0, ratio_range=(0.75, 1.25), cat_max_ratio=0.99)
 TTA_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # mmseg's multi-scale test, each with and without h-flip
 
 
@@ -71,12 +75,25 @@ def build_datasets(cfg, train=True):
         val_set = dense_data.CocoDetection(root, "val", None)
         names = list(val_set.class_names)  # names[label]; names[0] is the background
         return train_set, val_set, {"num_classes": len(names) - 1, "class_names": names}
-    crop = crop_size(cfg)
-    scale = (4 * crop[1], crop[0])  # mmseg: (2048, 512) for a 512² crop
-    train_set = (dense_data.SemanticSegmentation(root, "train", dense_data.SegTrainTransform(scale=scale, crop_size=crop))
-                 if train else None)
-    val_set = dense_data.SemanticSegmentation(root, "val", dense_data.SegEvalTransform(scale=scale))
+    train_tf, eval_tf = segmentation_transforms(cfg)
+    train_set = dense_data.SemanticSegmentation(root, "train", train_tf) if train else None
+    val_set = dense_data.SemanticSegmentation(root, "val", eval_tf)
     return train_set, val_set, {"num_classes": val_set.num_classes, "class_names": val_set.class_names}
+
+
+def segmentation_transforms(cfg):
+    """(train, eval) transforms: mmseg's §2.5 pipeline scaled to the crop, or for the canvases (no
+    --data_path) CANVAS_SEG_POLICY at the canvases' own size whatever the crop (a smaller crop is a
+    cheaper step; validation sees whole canvases)."""
+    from py.training import dense_data
+    crop = crop_size(cfg)
+    if cfg["data_path"]:
+        scale, policy = (4 * crop[1], crop[0]), {}  # mmseg: (2048, 512) for a 512² crop
+    else:
+        from py.training import canvases
+        scale, policy = (4 * canvases.CANVAS_SIZE, canvases.CANVAS_SIZE), CANVAS_SEG_POLICY
+    return (dense_data.SegTrainTransform(scale=scale, crop_size=crop, **policy),
+            dense_data.SegEvalTransform(scale=scale))
 
 
 def train_collate(task):

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from py.training import canvases, config, optim
+from py.training import canvases, config, dense, optim
 from py.training.tests.support import ROOT, env, main_in_process
 
 FAST = ["--threads=1", "--progress=false", "--batch_size=4", "--warmup_steps=2", "--lr=1e-3"]
@@ -107,6 +107,24 @@ def test_task_defaults_and_checks(tmp_path, tiny_canvases):
             _resolve([*args, f"--output={tmp_path / 'o'}"])
     cfg = _resolve(["--model=upernet_vmamba_mnist", f"--data_path={tiny_canvases}", f"--output={tmp_path / 'o'}"])
     assert cfg["dataset"] == "coco"
+
+
+def test_segmentation_transforms_for_canvases_and_datasets(tmp_path):
+    """mmseg's pipeline scales with the crop; the canvases keep their 128² size, never flip (a mirrored
+    digit is not a digit) and rescale by 0.75-1.25 only."""
+    canvas = dict(data_path=None, img_size=64, model="upernet_vmamba_mnist")
+    train_tf, eval_tf = dense.segmentation_transforms(canvas)
+    assert train_tf.crop_size == (64, 64) and train_tf.scale == eval_tf.scale == (512, 128)
+    assert (train_tf.flip_p, train_tf.ratio_range, train_tf.cat_max_ratio) == (0.0, (0.75, 1.25), 0.99)
+    image = torch.zeros(3, 128, 128)
+    label = torch.zeros(128, 128, dtype=torch.long)
+    label[10:20, 30:40] = 3
+    x, y = train_tf(image, label)
+    assert x.shape == (3, 64, 64) and y.shape == (64, 64)
+    assert eval_tf(image, label)[0].shape == (3, 128, 128)  # whole canvases at their own size
+    train_tf, eval_tf = dense.segmentation_transforms(dict(canvas, data_path=tmp_path, img_size=None))
+    assert train_tf.crop_size == (128, 128) and train_tf.scale == eval_tf.scale == (512, 128)
+    assert (train_tf.flip_p, train_tf.ratio_range, train_tf.cat_max_ratio) == (0.5, (0.5, 2.0), 0.75)
 
 
 def test_dense_schedules_match_the_spec():

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import py.models as models
 from py.models.dense.backbone import DenseBackbone
-from py.models.dense.upernet import UperNet, segmentation_loss
+from py.models.dense.upernet import UperNet, ohem_weights, segmentation_loss
 
 torch.set_num_threads(1)
 
@@ -93,6 +93,30 @@ def test_loss_divides_by_all_pixels():
     torch.testing.assert_close(only_decode, want_decode)
     with pytest.raises(ValueError, match="labels"):
         segmentation_loss(decode, labels.float())
+
+
+def test_ohem_keeps_the_hard_pixels():
+    # 1 image, 1x4 pixels, 2 classes; label probabilities by hand: 0.9, 0.6, 0.2, ignored
+    p = torch.tensor([0.9, 0.6, 0.2, 0.5])
+    logits = torch.stack([torch.zeros(4), torch.log((1 - p) / p)])[None, :, None, :]  # softmax[0] = p
+    labels = torch.tensor([[[0, 0, 0, 255]]])
+    # thresh 0.7 keeps p < 0.7: pixels 1 and 2; min_kept 3 raises the bar to the 3rd smallest (0.9): strict <
+    torch.testing.assert_close(ohem_weights(logits, labels, 0.7, 1), torch.tensor([[[0.0, 1, 1, 0]]]))
+    torch.testing.assert_close(ohem_weights(logits, labels, 0.7, 3), torch.tensor([[[0.0, 1, 1, 0]]]))
+    torch.testing.assert_close(ohem_weights(logits, labels, 0.95, 1), torch.tensor([[[1.0, 1, 1, 0]]]))
+    torch.testing.assert_close(ohem_weights(logits, labels.fill_(255), 0.7, 1), torch.zeros(1, 1, 4))
+    labels = torch.tensor([[[0, 0, 0, 255]]])
+    loss, parts = segmentation_loss(logits, labels, ohem=dict(thresh=0.7, min_kept=1))
+    torch.testing.assert_close(loss, -(torch.log(p[1]) + torch.log(p[2])) / 4)
+    # the aux head has no sampler (as in mmseg's configs)
+    _, parts = segmentation_loss(dict(decode=logits, aux=logits), labels, ohem=dict(thresh=0.7, min_kept=1))
+    torch.testing.assert_close(parts["aux"], -torch.log(p[:3]).sum() / 4)
+    for bad in (dict(thresh=0.7), dict(thresh=1.5, min_kept=1), dict(thresh=0.7, min_kept=0)):
+        with pytest.raises(ValueError, match="ohem"):
+            segmentation_loss(logits, labels, ohem=bad)
+    model = models.create_model("upernet_vmamba_mnist", channels=16, aux_channels=0)
+    assert model.ohem == dict(thresh=0.7, min_kept=6000)  # the canvases' default (see its docstring)
+    assert models.create_model("upernet_vmamba_mnist", channels=16, aux_channels=0, ohem=None).ohem is None
 
 
 def test_builder_overrides():
