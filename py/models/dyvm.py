@@ -50,7 +50,7 @@ DYVM_CFGS = {
     "dyvm_vim_tiny": dict(VIM_CFGS["vim_tiny"], keep_ratio=0.9, block_ratio=0.8),
     "dyvm_vim_small": dict(VIM_CFGS["vim_small"], keep_ratio=0.7, block_ratio=0.8),
     "dyvm_vim_base": dict(VIM_CFGS["vim_base"], keep_ratio=0.7, block_ratio=0.7),
-    # Not published: DyVM on vim_mnist (6 layers, 7×7 patches), pruning before layers 2 and 4.
+    # Not published: DyVM on vim_mnist (6 layers, 6×6 patches), pruning before layers 2 and 4.
     "dyvm_vim_mnist": dict(VIM_CFGS["vim_mnist"], keep_ratio=0.7, block_ratio=0.8, pruning_loc=(2, 4)),
 }
 
@@ -616,6 +616,6 @@ def dyvm_vim_base(num_classes=1000, img_size=224, **overrides):
 @register_model(imagenet_cfg(input_size=(1, 28, 28), mean=(0.1307,), std=(0.3081,), crop_pct=1.0,
                              interpolation="bilinear", num_classes=10, first_conv="patch_embed.proj"))
 def dyvm_vim_mnist(num_classes=10, img_size=28, **overrides):
-    """DyVM on vim_mnist (ρ 0.7, β 0.8, pruning before layers 2 and 4: 49 → 34 → 24 patches); fine-tune
+    """DyVM on vim_mnist (ρ 0.7, β 0.8, pruning before layers 2 and 4: 36 → 25 → 17 patches); fine-tune
     it from a vim_mnist run with that run as the teacher (py/training/configs/dyvm_vim_mnist.yaml)."""
     return _create_dyvm("dyvm_vim_mnist", num_classes, img_size, **overrides)

@@ -39,9 +39,11 @@ VIM_CFGS = {
     "vim_tiny": dict(embed_dim=192),
     "vim_small": dict(embed_dim=384),
     "vim_base": dict(embed_dim=768),
-    # Not a published size: a small Vim for 28×28 grayscale digits (7×7 patches of 4 pixels), the
-    # trainer's default model, which learns MNIST-5k on two CPU cores in minutes.
-    "vim_mnist": dict(embed_dim=64, depth=6, patch_size=4, in_chans=1, d_state=8),
+    # Not a published size: a small Vim for 28×28 grayscale digits, the trainer's default model, which
+    # learns MNIST-5k on two CPU cores in minutes. 6×6 overlapping 8×8 patches at stride 4 (Vim's
+    # `stride`) and expand 1: on the default recipe 98.1% val top-1 after 12 epochs at 1.5× the images/s
+    # of 7×7 patches of 4 with expand 2 (97.2% after 9 epochs, where 8×8/4 with expand 2 had 97.9%).
+    "vim_mnist": dict(embed_dim=64, depth=6, patch_size=8, stride=4, expand=1, in_chans=1, d_state=8),
 }
 
 
@@ -451,5 +453,6 @@ def vim_base(num_classes=1000, img_size=224, **overrides):
 @register_model(imagenet_cfg(input_size=(1, 28, 28), mean=(0.1307,), std=(0.3081,), crop_pct=1.0,
                              interpolation="bilinear", num_classes=10, first_conv="patch_embed.proj"))
 def vim_mnist(num_classes=10, img_size=28, **overrides):
-    """A small Vim for 28×28 digits: d 64, 6 layers, N 8, 4×4 patches, 1 input channel (not published)."""
+    """A small Vim for 28×28 digits: d 64, 6 layers, N 8, expand 1, 8×8 patches at stride 4 (6×6 tokens),
+    1 input channel (not published)."""
     return _create_vim("vim_mnist", num_classes, img_size, **overrides)

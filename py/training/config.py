@@ -47,12 +47,12 @@ flags.DEFINE_integer("limit_train", 0, "use only the first N training samples (0
 flags.DEFINE_integer("num_workers", None, "data loader workers per process, 0..256 (default: CPUs-1, at most 8)")
 
 # Schedule and optimisation.
-flags.DEFINE_integer("epochs", 7, "training epochs")
+flags.DEFINE_integer("epochs", 12, "training epochs")
 flags.DEFINE_integer("batch_size", 32, "per-process batch size (global = batch_size × processes × accum_steps)")
 flags.DEFINE_integer("accum_steps", 1, "gradient accumulation steps per optimizer step")
 flags.DEFINE_float("lr", 4e-3, "peak learning rate (not rescaled by batch size: put the scaled value here)")
 flags.DEFINE_float("min_lr", 1e-5, "final learning rate of the cosine schedule (0 <= min_lr <= lr)")
-flags.DEFINE_float("warmup_epochs", 1.0, "linear warmup length in epochs (0 <= warmup_epochs <= epochs)")
+flags.DEFINE_float("warmup_epochs", 0.5, "linear warmup length in epochs (0 <= warmup_epochs <= epochs)")
 flags.DEFINE_float("warmup_lr", 1e-6, "learning rate at step 0")
 flags.DEFINE_integer("warmup_steps", 0, "warmup length in optimizer steps; > 0 replaces --warmup_epochs "
                      "(the dense recipes: 1000 for Mask R-CNN, 1500 for UperNet)")
@@ -70,7 +70,8 @@ flags.DEFINE_float("layer_decay", 1.0, "layer-wise lr decay, in (0, 1] (1: off):
                    "head L-1, per family: py.models.layer_ids) trains at lr × layer_decay^(L-1-i)")
 flags.DEFINE_float("clip_grad", 5.0, "max gradient norm (0: off)")
 flags.DEFINE_float("drop_path", 0.0, "stochastic depth rate passed to the model as drop_path_rate, in [0, 1)")
-flags.DEFINE_float("label_smoothing", 0.0, "label smoothing, in [0, 1) (ignored when mixup/cutmix are on)")
+flags.DEFINE_float("label_smoothing", 0.1, "label smoothing, in [0, 1) (ignored when mixup/cutmix are on; "
+                   "detection/segmentation: must stay at this default, which they ignore)")
 flags.DEFINE_float("mixup", 0.0, "mixup alpha (0: off; on needs an even --batch_size)")
 flags.DEFINE_float("cutmix", 0.0, "cutmix alpha (0: off; on needs an even --batch_size)")
 flags.DEFINE_string("randaug", "", "timm RandAugment spec for ImageFolder data, e.g. rand-m9-mstd0.5-inc1")
@@ -290,8 +291,11 @@ def dataset_kind(task, data_path):
 
 def _check_dense(cfg):
     for name, off in _CLASSIFICATION_ONLY:
-        if cfg[name] not in (off, None):
+        if cfg[name] in (off, None):
+            continue
+        if cfg[name] != FLAGS[name].default:
             raise ConfigError(f"{_flag(name)} applies to classification only (--task={cfg['task']})")
+        cfg[name] = off  # the classification default (label smoothing 0.1) means nothing here
     if cfg["in_chans"] not in (None, 3):
         raise ConfigError(f"{_flag('in_chans')} must be 3 for {cfg['task']} (images are decoded as RGB), "
                           f"got {cfg['in_chans']}")
