@@ -190,10 +190,10 @@ def test_token_helpers_skip_the_class_token():
     values = torch.arange(T, dtype=F64)
     grid, cls = am.token_grid(layer, values)
     assert cls == layer.cls_pos and grid.shape == layer.grid
-    for r, c in [(0, 0), (3, 3), (6, 6)]:
+    for r, c in [(0, 0), (3, 3), (5, 5)]:  # vim_mnist: a 6x6 grid
         assert grid[r, c] == am.token_index(layer, r, c)
     with pytest.raises(ValueError, match="outside"):
-        am.token_index(layer, 7, 0)
+        am.token_index(layer, 6, 0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -281,7 +281,7 @@ def test_bad_settings_are_usage_errors(tmp_path):
         attention.select_layers(3, "a")
     _, layers = run_captured("vim")
     assert attention.query_token(layers[0], None) == (3, 3)
-    with pytest.raises(UsageError, match="outside the first SSM layer's 7x7 grid"):
+    with pytest.raises(UsageError, match="outside the first SSM layer's 6x6 grid"):
         attention.query_token(layers[0], (9, 0))
     with pytest.raises(ValueError, match="channel 999 out of range"):
         am.layer_matrix(layers[0], rows=[0], channel=999)

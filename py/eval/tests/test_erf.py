@@ -44,7 +44,7 @@ def test_strided_vmamba_stem_erf_stays_inside_its_receptive_field():
 
 
 SMALL = {
-    "vim_mnist": (dict(img_size=28, num_classes=10, depth=2, embed_dim=32), (1, 28, 28), (32, 7, 7)),
+    "vim_mnist": (dict(img_size=28, num_classes=10, depth=2, embed_dim=32), (1, 28, 28), (32, 6, 6)),
     "dyvm_vim_tiny": (dict(img_size=32, patch_size=8, depth=4, embed_dim=32, pruning_loc=(1, 2, 3)),
                       (3, 32, 32), (32, 4, 4)),
     "vmamba_tiny_s1l8": (dict(img_size=64, dims=16, depths=(1, 1, 1, 1)), (3, 64, 64), (128, 2, 2)),

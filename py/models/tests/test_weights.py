@@ -227,10 +227,10 @@ def test_finetune_to_other_classes_and_size(tmp_path, capsys):
                                 img_size=36, **TINY_VIM)
     out = capsys.readouterr().out
     assert "classifier head re-initialised: the checkpoint has 10 classes, the model 100" in out
-    assert "pos_embed resampled from a 7x7 to a 9x9 patch grid" in out
-    assert model.head.weight.shape == (100, 32) and model.pos_embed.shape == (1, 82, 32)
+    assert "pos_embed resampled from a 6x6 to a 8x8 patch grid" in out
+    assert model.head.weight.shape == (100, 32) and model.pos_embed.shape == (1, 65, 32)
     assert torch.equal(model.layers[1].mixer.A_log, src.layers[1].mixer.A_log)
-    assert torch.equal(model.pos_embed[:, 40], src.pos_embed[:, 24])  # class entry moved to the new middle
+    assert torch.equal(model.pos_embed[:, 32], src.pos_embed[:, 18])  # class entry moved to the new middle
     with torch.no_grad():
         assert model(torch.randn(2, 1, 36, 36)).shape == (2, 100)
     # Without adapt (evaluation), the same file is a mismatch naming both causes.

@@ -33,7 +33,7 @@ def final_weights(out):
 
 def test_short_real_run_learns(tmp_path):
     out = tmp_path / "run"
-    res = train(*TINY, "--epochs=3", f"--output={out}")
+    res = train(*TINY, "--epochs=3", "--lr=1e-2", f"--output={out}")  # 30 steps of the tiny model
     rows = metrics(out)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     for key in ("train_loss", "val_top1", "val_top5", "lr", "img_per_s", "seconds"):
