@@ -123,21 +123,35 @@ def draw_segmentation(image, label_map, num_classes, class_names=None, alpha=0.5
     return canvas
 
 
+def _wrap(draw, text, font, width):
+    """text as lines that fit `width` pixels, split at spaces (a single longer word keeps its own line)."""
+    lines = []
+    for word in str(text).split(" "):
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
 def side_by_side(images, titles=None, gap=4):
-    """Images (PIL or arrays) in a row on white, each under its title."""
+    """Images (PIL or arrays) in a row on white, each under its title (wrapped to the image's width)."""
     pictures = [im if isinstance(im, Image.Image) else Image.fromarray(to_uint8_image(im)) for im in images]
     if titles is not None and len(titles) != len(pictures):
         raise ValueError(f"titles must have one entry per image ({len(pictures)}), got {len(titles)}")
     if not pictures:
         raise ValueError("side_by_side needs at least one image")
-    font = _font(12)
-    top = 16 if titles else 0
+    font, line = _font(12), 14
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    wrapped = [_wrap(measure, t, font, p.width - 4) for t, p in zip(titles, pictures)] if titles else None
+    top = line * max(len(w) for w in wrapped) + 2 if titles else 0
     width = sum(p.width for p in pictures) + gap * (len(pictures) - 1)
     canvas = Image.new("RGB", (width, top + max(p.height for p in pictures)), (255, 255, 255))
     draw, x = ImageDraw.Draw(canvas), 0
     for i, p in enumerate(pictures):
         canvas.paste(p.convert("RGB"), (x, top))
         if titles:
-            draw.text((x + 2, 1), str(titles[i]), fill=(0, 0, 0), font=font)
+            for j, text in enumerate(wrapped[i]):
+                draw.text((x + 2, 1 + j * line), text, fill=(0, 0, 0), font=font)
         x += p.width + gap
     return canvas

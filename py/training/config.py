@@ -293,9 +293,9 @@ def _check_dense(cfg):
     for name, off in _CLASSIFICATION_ONLY:
         if cfg[name] in (off, None):
             continue
-        if cfg[name] != FLAGS[name].default:
+        if cfg[name] != FLAGS[name].default or name in explicit_keys():
             raise ConfigError(f"{_flag(name)} applies to classification only (--task={cfg['task']})")
-        cfg[name] = off  # the classification default (label smoothing 0.1) means nothing here
+        cfg[name] = off  # the classification default (label smoothing 0.1), left unset, means nothing here
     if cfg["in_chans"] not in (None, 3):
         raise ConfigError(f"{_flag('in_chans')} must be 3 for {cfg['task']} (images are decoded as RGB), "
                           f"got {cfg['in_chans']}")

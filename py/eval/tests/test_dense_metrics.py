@@ -219,5 +219,10 @@ def test_draw_segmentation_legend_and_side_by_side():
     assert legend.width > 30 and legend.height >= 20
     row = draw_dense.side_by_side([plain, legend], ["x", "y"])
     assert row.width == plain.width + legend.width + 4 and row.height == 16 + legend.height
+    # a title wider than its image wraps onto more lines instead of running into the next picture
+    wide = draw_dense.side_by_side([legend, legend], ["prediction (multi-scale + flip): pixel accuracy 97.3%", "y"])
+    assert wide.height >= 16 + 14 + legend.height
+    header = np.asarray(wide)[: wide.height - legend.height]
+    assert (header[:, legend.width - 1:legend.width + 5] == 255).all()  # the gap (and the picture's edge) stay white
     with pytest.raises(ValueError, match="label_map"):
         draw_dense.draw_segmentation(np.zeros((20, 30, 3), np.uint8), label[:5], 3)

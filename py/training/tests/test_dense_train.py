@@ -95,6 +95,8 @@ def test_task_defaults_and_checks(tmp_path, tiny_canvases):
     bad = [
         (["--task=detection", "--model=vim_mnist"], "is a classification model"),
         (["--model=upernet_vmamba_mnist", "--mixup=0.8"], "applies to classification only"),
+        # the classification default given explicitly is refused too, not silently dropped
+        (["--model=upernet_vmamba_mnist", "--label_smoothing=0.1"], "label_smoothing applies to classification"),
         (["--model=upernet_vmamba_mnist", "--multiscale"], "detection 3x"),
         (["--model=mask_rcnn_vmamba_mnist", f"--data_path={tmp_path}"], "does not hold a detection dataset"),
         (["--schedule=step"], "needs --lr_steps"),

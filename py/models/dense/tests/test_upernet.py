@@ -100,22 +100,30 @@ def test_ohem_keeps_the_hard_pixels():
     p = torch.tensor([0.9, 0.6, 0.2, 0.5])
     logits = torch.stack([torch.zeros(4), torch.log((1 - p) / p)])[None, :, None, :]  # softmax[0] = p
     labels = torch.tensor([[[0, 0, 0, 255]]])
-    # thresh 0.7 keeps p < 0.7: pixels 1 and 2; min_kept 3 raises the bar to the 3rd smallest (0.9): strict <
+    # thresh 0.7 keeps p < 0.7: pixels 1 and 2. As mmseg, the bar is at least the sorted probabilities'
+    # element min(min_kept * B, n - 1) (0-based): min_kept 1 -> 0.6, min_kept 3 -> the last one (0.9), strict <
     torch.testing.assert_close(ohem_weights(logits, labels, 0.7, 1), torch.tensor([[[0.0, 1, 1, 0]]]))
     torch.testing.assert_close(ohem_weights(logits, labels, 0.7, 3), torch.tensor([[[0.0, 1, 1, 0]]]))
     torch.testing.assert_close(ohem_weights(logits, labels, 0.95, 1), torch.tensor([[[1.0, 1, 1, 0]]]))
     torch.testing.assert_close(ohem_weights(logits, labels.fill_(255), 0.7, 1), torch.zeros(1, 1, 4))
     labels = torch.tensor([[[0, 0, 0, 255]]])
+    # min_kept counts per image: with 2 images and min_kept 1 the bar is element 2 of [.2 .2 .6 .6 .9 .9]
+    torch.testing.assert_close(ohem_weights(logits.expand(2, -1, -1, -1), labels.expand(2, -1, -1), 0.0, 1),
+                               torch.tensor([[[0.0, 0, 1, 0]], [[0.0, 0, 1, 0]]]))
+    torch.testing.assert_close(ohem_weights(logits, labels, 0.0, 1), torch.tensor([[[0.0, 0, 1, 0]]]))
     loss, parts = segmentation_loss(logits, labels, ohem=dict(thresh=0.7, min_kept=1))
     torch.testing.assert_close(loss, -(torch.log(p[1]) + torch.log(p[2])) / 4)
     # the aux head has no sampler (as in mmseg's configs)
     _, parts = segmentation_loss(dict(decode=logits, aux=logits), labels, ohem=dict(thresh=0.7, min_kept=1))
     torch.testing.assert_close(parts["aux"], -torch.log(p[:3]).sum() / 4)
-    for bad in (dict(thresh=0.7), dict(thresh=1.5, min_kept=1), dict(thresh=0.7, min_kept=0)):
+    for bad in (dict(thresh=0.7), dict(thresh=1.5, min_kept=1), dict(thresh=0.7, min_kept=0),
+                dict(thresh=0.7, min_kept=2.5), dict(thresh="0.7", min_kept=1), [0.7, 1]):
         with pytest.raises(ValueError, match="ohem"):
             segmentation_loss(logits, labels, ohem=bad)
+        with pytest.raises(ValueError, match="ohem"):  # refused when the model is built, not at the first step
+            models.create_model("upernet_vmamba_mnist", channels=16, aux_channels=0, ohem=bad)
     model = models.create_model("upernet_vmamba_mnist", channels=16, aux_channels=0)
-    assert model.ohem == dict(thresh=0.7, min_kept=6000)  # the canvases' default (see its docstring)
+    assert model.ohem == dict(thresh=0.7, min_kept=375)  # the canvases' default (see its docstring)
     assert models.create_model("upernet_vmamba_mnist", channels=16, aux_channels=0, ohem=None).ohem is None
 
 
