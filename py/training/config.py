@@ -367,6 +367,9 @@ def build(values):
     _check_int(cfg, "num_workers", 0, 256)
     _check_int(cfg, "epochs", 1, 1_000_000)
     _check_int(cfg, "batch_size", 1, 1 << 24)
+    if cfg["task"] == "segmentation" and cfg["batch_size"] < 2:
+        raise ConfigError(f"{_flag('batch_size')} must be >= 2 for segmentation: UperNet's heads use BatchNorm, "
+                          "which cannot normalise a single image's 1x1 pyramid-pooling map")
     _check_int(cfg, "accum_steps", 1, 1 << 16)
     _check_float(cfg, "lr", 0.0, lo_open=True)
     _check_float(cfg, "min_lr", 0.0, cfg["lr"])

@@ -125,6 +125,10 @@ class UperNet(nn.Module):
                                if aux_channels else None)
 
     def forward(self, x):
+        if self.training and x.shape[0] < 2:
+            raise ValueError(f"UperNet trains with BatchNorm in its heads, which needs at least 2 images per batch "
+                             f"(the pyramid pooling's 1x1 map has one value per channel); got x of shape "
+                             f"{tuple(x.shape)}. Use model.eval() to predict one image.")
         feats = self.backbone(x)
         logits = self.decode_head(feats)
         if not self.training:

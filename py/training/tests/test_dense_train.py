@@ -98,6 +98,7 @@ def test_task_defaults_and_checks(tmp_path, tiny_canvases):
         # the classification default given explicitly is refused too, not silently dropped
         (["--model=upernet_vmamba_mnist", "--label_smoothing=0.1"], "label_smoothing applies to classification"),
         (["--model=upernet_vmamba_mnist", "--multiscale"], "detection 3x"),
+        (["--task=segmentation", "--batch_size=1"], "batch_size must be >= 2 for segmentation"),
         (["--model=mask_rcnn_vmamba_mnist", f"--data_path={tmp_path}"], "does not hold a detection dataset"),
         (["--schedule=step"], "needs --lr_steps"),
         (["--schedule=step", "--lr_steps=8,3"], "increasing epochs"),

@@ -124,6 +124,8 @@ def test_ohem_keeps_the_hard_pixels():
             models.create_model("upernet_vmamba_mnist", channels=16, aux_channels=0, ohem=bad)
     model = models.create_model("upernet_vmamba_mnist", channels=16, aux_channels=0)
     assert model.ohem == dict(thresh=0.7, min_kept=375)  # the canvases' default (see its docstring)
+    with pytest.raises(ValueError, match="at least 2 images per batch"):  # BatchNorm, not a torch traceback
+        model.train()(torch.zeros(1, 3, 64, 64))
     assert models.create_model("upernet_vmamba_mnist", channels=16, aux_channels=0, ohem=None).ohem is None
 
 
