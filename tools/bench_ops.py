@@ -260,6 +260,8 @@ def main():
     elif "selective_scan" in ops:
         bench_selective_scan(table, args, dev, sync, bw, "VMamba-T stage 1", 8, 4, 96, 3136, 1)
         bench_selective_scan(table, args, dev, sync, bw, "Vim-S layer", 8, 1, 1536, 197, 16)
+        # the default run's model (vim_mnist: 37 tokens, a 5-step tail per time block), one training batch
+        bench_selective_scan(table, args, dev, sync, bw, "vim_mnist layer", 32, 1, 64, 37, 8)
     if "ssd" in ops:
         for causal in (True, False):
             bench_ssd(table, args, dev, sync, bw, 8, 3136, 8, 64, 64, 256, causal)

@@ -71,17 +71,36 @@ struct F8 {
   }
   static VSSM_INLINE R load(const float* p) { return simd::load<R>(p); }
   static VSSM_INLINE void store(float* p, R v) { simd::store(p, v); }
+  // Tails lane by lane with constant lane numbers, in registers: a copy loop through a stack array
+  // became a memcpy call (spilling every live vector register around it) followed by a vector load
+  // of the bytes just stored (a store-forwarding stall); at L = 37 that doubled the backward's time.
   static VSSM_INLINE R loadn(const float* p, int64_t n) {
     if (n >= 8) return load(p);
-    float tmp[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    for (int64_t j = 0; j < n; ++j) tmp[j] = p[j];
-    return load(tmp);
+    R v = {};
+    switch (n) {
+      case 7: v[6] = p[6]; [[fallthrough]];
+      case 6: v[5] = p[5]; [[fallthrough]];
+      case 5: v[4] = p[4]; [[fallthrough]];
+      case 4: v[3] = p[3]; [[fallthrough]];
+      case 3: v[2] = p[2]; [[fallthrough]];
+      case 2: v[1] = p[1]; [[fallthrough]];
+      case 1: v[0] = p[0]; [[fallthrough]];
+      default: break;
+    }
+    return v;
   }
   static VSSM_INLINE void storen(float* p, R v, int64_t n) {
     if (n >= 8) return store(p, v);
-    float tmp[8];
-    store(tmp, v);
-    for (int64_t j = 0; j < n; ++j) p[j] = tmp[j];
+    switch (n) {
+      case 7: p[6] = v[6]; [[fallthrough]];
+      case 6: p[5] = v[5]; [[fallthrough]];
+      case 5: p[4] = v[4]; [[fallthrough]];
+      case 4: p[3] = v[3]; [[fallthrough]];
+      case 3: p[2] = v[2]; [[fallthrough]];
+      case 2: p[1] = v[1]; [[fallthrough]];
+      case 1: p[0] = v[0]; [[fallthrough]];
+      default: break;
+    }
   }
   // exp(x) = 2^k · exp(r), k = round(x·log2 e), r = x − k·ln2 (ln2 in two parts), |r| <= ln2/2,
   // exp(r) = 1 + r + r²·P5(r) (Cephes expf coefficients). Max error ~1 ulp for results above

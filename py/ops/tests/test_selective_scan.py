@@ -49,6 +49,8 @@ CASES = [  # batch, dim, L, N, groups, D, z, bias, softplus, B/C 3-D
     (1, 16, 5, 1, 2, False, False, False, False, False),   # L < 8: the tail alone, no options
     (2, 16, 1040, 1, 2, True, False, True, True, False),   # L % 16 == 0: outputs in streamed 64-byte lines
     (2, 32, 45, 1, 1, True, False, True, False, True),     # softplus off (δ·A of both signs), 3-D B/C
+    (3, 8, 50, 8, 1, True, True, True, True, False),       # vim_mnist-like N = 8: a 2-step tail
+    (2, 6, 38, 4, 2, True, True, True, True, False),       # a 6-step tail, two channels per tile
 ]
 
 
