@@ -162,9 +162,10 @@ def _check_ohem(ohem):
     """None, or a copy of dict(thresh in [0, 1], min_kept >= 1 per image); anything else is a ValueError."""
     if not ohem:
         return None
+    number = lambda v, kinds: isinstance(v, kinds) and not isinstance(v, bool)  # True is an int in Python
     ok = isinstance(ohem, dict) and set(ohem) == {"thresh", "min_kept"}
-    ok = ok and isinstance(ohem["thresh"], (int, float)) and 0 <= ohem["thresh"] <= 1
-    ok = ok and isinstance(ohem["min_kept"], int) and not isinstance(ohem["min_kept"], bool) and ohem["min_kept"] >= 1
+    ok = ok and number(ohem["thresh"], (int, float)) and 0 <= ohem["thresh"] <= 1
+    ok = ok and number(ohem["min_kept"], int) and ohem["min_kept"] >= 1
     if not ok:
         raise ValueError(f"ohem must be None or dict(thresh=<float in [0, 1]>, min_kept=<int >= 1, pixels per "
                          f"image>), got {ohem!r}")

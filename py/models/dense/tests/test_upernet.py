@@ -117,7 +117,7 @@ def test_ohem_keeps_the_hard_pixels():
     _, parts = segmentation_loss(dict(decode=logits, aux=logits), labels, ohem=dict(thresh=0.7, min_kept=1))
     torch.testing.assert_close(parts["aux"], -torch.log(p[:3]).sum() / 4)
     for bad in (dict(thresh=0.7), dict(thresh=1.5, min_kept=1), dict(thresh=0.7, min_kept=0),
-                dict(thresh=0.7, min_kept=2.5), dict(thresh="0.7", min_kept=1), [0.7, 1]):
+                dict(thresh=0.7, min_kept=2.5), dict(thresh="0.7", min_kept=1), dict(thresh=True, min_kept=1), [0.7, 1]):
         with pytest.raises(ValueError, match="ohem"):
             segmentation_loss(logits, labels, ohem=bad)
         with pytest.raises(ValueError, match="ohem"):  # refused when the model is built, not at the first step
