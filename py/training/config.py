@@ -71,7 +71,7 @@ flags.DEFINE_float("layer_decay", 1.0, "layer-wise lr decay, in (0, 1] (1: off):
 flags.DEFINE_float("clip_grad", 5.0, "max gradient norm (0: off)")
 flags.DEFINE_float("drop_path", 0.0, "stochastic depth rate passed to the model as drop_path_rate, in [0, 1)")
 flags.DEFINE_float("label_smoothing", 0.1, "label smoothing, in [0, 1) (ignored when mixup/cutmix are on; "
-                   "detection/segmentation: must stay at this default, which they ignore)")
+                   "detection/segmentation ignore this default and refuse the flag)")
 flags.DEFINE_float("mixup", 0.0, "mixup alpha (0: off; on needs an even --batch_size)")
 flags.DEFINE_float("cutmix", 0.0, "cutmix alpha (0: off; on needs an even --batch_size)")
 flags.DEFINE_string("randaug", "", "timm RandAugment spec for ImageFolder data, e.g. rand-m9-mstd0.5-inc1")
