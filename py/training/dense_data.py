@@ -184,14 +184,14 @@ class HorizontalFlip:
 
 
 def _resize_det(image, target, size):
-    """Resizes image (bilinear), masks (nearest) and boxes to size (h, w)."""
+    """Resizes image (bilinear), masks (nearest, pixel centres: see _resize_seg) and boxes to size (h, w)."""
     h, w = image.shape[-2:]
     image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
     target = dict(target)
     scale = torch.tensor([size[1] / w, size[0] / h] * 2, dtype=torch.float32)
     target["boxes"] = target["boxes"] * scale
     masks = target["masks"]
-    target["masks"] = (F.interpolate(masks[None], size=size, mode="nearest")[0] if len(masks)
+    target["masks"] = (F.interpolate(masks[None], size=size, mode="nearest-exact")[0] if len(masks)
                        else masks.new_zeros((0, *size)))
     return image, target
 
@@ -351,9 +351,12 @@ def normalize(image, mean=IMAGENET_MEAN, std=IMAGENET_STD):
 
 
 def _resize_seg(image, label, size):
+    """Image bilinear, label nearest, both sampling at pixel centres (align_corners=False). torch's plain
+    "nearest" (like cv2's INTER_NEAREST, which mmseg uses) samples at pixel corners instead, half a source
+    pixel off the image: on 3-pixel digit strokes that moved the labels off a third of the stroke."""
     image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
     if label is not None:
-        label = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
+        label = F.interpolate(label[None, None].float(), size=size, mode="nearest-exact")[0, 0].long()
     return image, label
 
 

@@ -1,4 +1,5 @@
-"""Dense-prediction backbones: a registered classifier as a feature pyramid at strides 4/8/16/32.
+"""Dense-prediction backbones: a registered classifier as a feature pyramid at strides 4/8/16/32 (a VMamba
+with patch_size=2: 2/4/8/16).
 
 Spec: /work/shared/specs/dense.md §1.2 (VMamba's Backbone_VSSM), §5 (PVMamba), §6.1/§6.3 (Vim/DyVM).
 

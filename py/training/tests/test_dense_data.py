@@ -236,3 +236,21 @@ def test_seg_eval_transform_resizes_image_only():
     assert x.shape == (3, 50, 150) and y is label
     x, _ = dd.SegEvalTransform(scale=(200, 100))(image, label)
     assert x.shape == (3, 67, 200)  # the long side limits
+
+
+@pytest.mark.parametrize("size", [(70, 70), (97, 97), (50, 50)])
+def test_resized_labels_and_masks_stay_on_the_image(size):
+    """A thin stroke and its label resized by a non-integer factor: the label (and an instance mask) must
+    cover the resized image's bright pixels, not sit half a source pixel off them (torch's plain "nearest")."""
+    image = torch.zeros(3, 64, 64)
+    label = torch.zeros(64, 64, dtype=torch.int64)
+    for r in range(8, 56, 6):  # 2-pixel strokes, both orientations
+        image[:, r:r + 2, 4:60] = 255
+        image[:, 4:60, r + 3:r + 5] = 255
+    label[image[0] > 0] = 1
+    x, y = dd._resize_seg(image, label, size)
+    _, target = dd._resize_det(image, dict(boxes=torch.zeros(0, 4), masks=label[None].to(torch.uint8)), size)
+    bright = x[0] > 127.5  # bilinear: over half stroke
+    for name, fg in (("seg label", y == 1), ("instance mask", target["masks"][0] == 1)):
+        iou = (fg & bright).sum() / (fg | bright).sum()
+        assert iou > 0.85, f"{name}: IoU {iou:.2f} with the image's stroke pixels at size {size}"

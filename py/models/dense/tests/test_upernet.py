@@ -135,7 +135,14 @@ def test_builder_overrides():
     assert model.decode_head.conv_seg.in_channels == 32
     assert model.default_cfg["input_size"] == (3, 128, 128)
     out = model.train()(torch.randn(2, 3, 128, 128))
-    assert set(out) == {"decode"} and out["decode"].shape == (2, 11, 32, 32)
+    assert set(out) == {"decode"} and out["decode"].shape == (2, 11, 64, 64)  # stride 2 (a stride-2 stem)
+    assert model.backbone.strides == [2, 4, 8, 16]
+    bias = model.decode_head.conv_seg.bias.exp()  # the class prior: background 93.5%, digits alike
+    torch.testing.assert_close(bias, torch.tensor([0.935] + [0.0065] * 10))
+    bias = models.create_model("upernet_vmamba_mnist", num_classes=3, channels=8).decode_head.conv_seg.bias.exp()
+    torch.testing.assert_close(bias, torch.tensor([0.935, 0.0325, 0.0325]))
+    stride4 = models.create_model("upernet_vmamba_mnist", channels=8, backbone_kwargs=dict(patch_size=4))
+    assert stride4.backbone.strides == [4, 8, 16, 32] and stride4.backbone.channels == [32, 64, 128, 256]
     with pytest.raises(ValueError, match="unknown UperNet overrides"):
         models.create_model("upernet_vmamba_mnist", chanels=32)
 
@@ -168,3 +175,20 @@ def test_training_reduces_the_loss(family):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.75 * losses[0], losses
+
+
+def test_class_prior_sets_the_classifier_biases():
+    prior = (0.9, 0.06, 0.04)
+    model = UperNet(DenseBackbone(TINY["vmamba"][0], drop_path_rate=0.0, **TINY["vmamba"][1]), num_classes=3,
+                    channels=16, aux_channels=8, class_prior=prior).eval()
+    for head in (model.decode_head, model.auxiliary_head):
+        torch.testing.assert_close(head.conv_seg.bias, torch.tensor(prior).log())
+    # weights ~N(0, 0.01): the untrained model's mean class probabilities are the prior's
+    mean = model(torch.randn(2, 3, 64, 64)).softmax(1).mean((0, 2, 3))
+    torch.testing.assert_close(mean, torch.tensor(prior), atol=0.02, rtol=0)
+    plain = UperNet(DenseBackbone(TINY["vmamba"][0], **TINY["vmamba"][1]), num_classes=3, channels=16)
+    assert (plain.decode_head.conv_seg.bias == 0).all()  # mmseg's init unless asked
+    for bad in ((0.5, 0.5), (0.9, 0.2, 0.1), (0.9, 0.1, 0.0), "abc", 3):
+        with pytest.raises(ValueError, match="class_prior must be None or 3 pixel frequencies"):
+            UperNet(DenseBackbone(TINY["vmamba"][0], **TINY["vmamba"][1]), num_classes=3, channels=16,
+                    class_prior=bad)
