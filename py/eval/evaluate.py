@@ -14,7 +14,7 @@ they come from --model and its registered defaults. Flags spelt --batch-size wor
 Detection models (mask_rcnn_*): COCO box and mask AP/AP50/AP75/APs/APm/APl (pycocotools) on val2017 of
 a COCO root (--data_path, or the run's), by default the embedded digit canvases' held-out split.
 Segmentation models (upernet_*): mIoU/mAcc/aAcc on ADE20K validation/ (or COCO instances, or the
-canvases), single scale, or multi-scale + flip with --tta (dense.md §2.5).
+canvases), single scale, or multi-scale + flip with --tta (dense.md §2.5; the canvases are not flipped).
 """
 import sys
 import time
@@ -37,7 +37,8 @@ flags.DEFINE_integer("in_chans", None, "input channels (default: the run's, else
 flags.DEFINE_float("val_fraction", None, "MNIST-5k validation fraction (default: the run's, else 0.2)")
 flags.DEFINE_integer("seed", None, "MNIST-5k split seed, also the seed of random weights (default: the run's, else 0)")
 flags.DEFINE_integer("limit", 0, "evaluate only the first N validation images (0: all)")
-flags.DEFINE_bool("tta", False, "segmentation: multi-scale (0.5-1.75) + flip test, softmax-averaged")
+flags.DEFINE_bool("tta", False, "segmentation: multi-scale (0.5-1.75) + flip test, softmax-averaged (no flips on the "
+                  "digit canvases: a mirrored digit is not a digit)")
 flags.DEFINE_integer("batch_size", 128, "images per forward pass")
 flags.DEFINE_integer("num_workers", None, "data loader workers (default: 0 for MNIST-5k, CPUs-1 otherwise)")
 flags.DEFINE_string("output", None, "write the results as JSON to this file")

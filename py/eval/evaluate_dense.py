@@ -50,7 +50,8 @@ def main(flags_, task, run_cfg, weights, step, source, device):
         batches = tqdm(loader, desc=f"eval {label}", unit="batch", disable=not flags_.progress, file=sys.stderr,
                        dynamic_ncols=True, mininterval=1.0)
         stats = {}
-        results[label] = dense.evaluate(model, batches, device, "none", val, task, tta=flags_.tta, stats=stats)
+        results[label] = dense.evaluate(model, batches, device, "none", val, task, tta=flags_.tta, stats=stats,
+                                        flip=info.get("flip_tta", True))
         results[label].update(num_images=stats["images"], skipped_images=stats["skipped_images"])
         if stats["skipped_images"]:
             print(f"warning: {stats['skipped_images']} unreadable image(s) skipped", file=sys.stderr)

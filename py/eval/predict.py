@@ -7,7 +7,8 @@
 
 For each validation image index it writes <output>/<index>.png: the ground truth (boxes and instance
 masks, or the label map) on the left, the model's prediction on the right (detections scoring at least
---score_threshold; the segmentation at single scale, or with --tta multi-scale + flip), and
+--score_threshold; the segmentation at single scale, or with --tta multi-scale + flip, no flip on the
+digit canvases), and
 <output>/predictions.json with the drawn detections or per-image pixel accuracy.
 """
 import sys
@@ -28,7 +29,7 @@ flags.DEFINE_integer("img_size", None, "segmentation input size (default: the ru
 flags.DEFINE_float("val_fraction", None, "canvases: the digit split's validation fraction (default: the run's, else 0.2)")
 flags.DEFINE_string("indices", "0,1,2,3", "comma-separated validation image indices to draw")
 flags.DEFINE_float("score_threshold", 0.5, "detection: draw detections scoring at least this, in [0, 1]")
-flags.DEFINE_bool("tta", False, "segmentation: multi-scale + flip prediction")
+flags.DEFINE_bool("tta", False, "segmentation: multi-scale + flip prediction (no flip on the digit canvases)")
 flags.DEFINE_string("output", "predictions", "output directory for the PNG files")
 
 
@@ -113,7 +114,8 @@ def _draw_detection(model, item, info, device):
 def _draw_segmentation(model, item, info, device):
     from py.eval import draw_dense
     image, label, meta = item
-    scores = dense.segment(model, image.to(device), tuple(label.shape[-2:]), tta=FLAGS.tta)
+    flip = info["flip_tta"]
+    scores = dense.segment(model, image.to(device), tuple(label.shape[-2:]), tta=FLAGS.tta, flip=flip)
     pred = scores.argmax(0).cpu()
     shown = torch.nn.functional.interpolate(image[None], size=tuple(label.shape[-2:]), mode="bilinear",
                                             align_corners=False)[0]
@@ -122,7 +124,8 @@ def _draw_segmentation(model, item, info, device):
     valid = label != 255
     accuracy = float((pred[valid] == label[valid]).float().mean()) * 100 if valid.any() else float("nan")
     pictures = [draw_dense.draw_segmentation(shown, label, n, names), draw_dense.draw_segmentation(shown, pred, n, names)]
-    title = f"prediction{' (multi-scale + flip)' if FLAGS.tta else ''}: pixel accuracy {accuracy:.1f}%"
+    tta = (" (multi-scale + flip)" if flip else " (multi-scale)") if FLAGS.tta else ""
+    title = f"prediction{tta}: pixel accuracy {accuracy:.1f}%"
     return draw_dense.side_by_side(pictures, ["ground truth", title]), {"file": str(meta.get("file", "")),
                                                                           "pixel_accuracy": accuracy}
 

@@ -78,7 +78,10 @@ def build_datasets(cfg, train=True):
     train_tf, eval_tf = segmentation_transforms(cfg)
     train_set = dense_data.SemanticSegmentation(root, "train", train_tf) if train else None
     val_set = dense_data.SemanticSegmentation(root, "val", eval_tf)
-    return train_set, val_set, {"num_classes": val_set.num_classes, "class_names": val_set.class_names}
+    # flip_tta: whether --tta may mirror the images (not the canvases' digits, as in training)
+    flip_tta = bool(cfg["data_path"]) or CANVAS_SEG_POLICY["flip_p"] > 0
+    return train_set, val_set, {"num_classes": val_set.num_classes, "class_names": val_set.class_names,
+                                "flip_tta": flip_tta}
 
 
 def segmentation_transforms(cfg):
@@ -116,12 +119,12 @@ def val_collate(batch):
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, amp, dataset, task, tta=False, stats=None):
-    """The task's validation metrics over the loader (every rank's share, merged)."""
+def evaluate(model, loader, device, amp, dataset, task, tta=False, stats=None, flip=True):
+    """The task's validation metrics over the loader (every rank's share, merged); tta, flip: see segment."""
     model.eval()
     if task == "detection":
         return evaluate_detection(model, loader, device, amp, dataset, stats)
-    return evaluate_segmentation(model, loader, device, amp, dataset.num_classes, tta, stats)
+    return evaluate_segmentation(model, loader, device, amp, dataset.num_classes, tta, stats, flip)
 
 
 def evaluate_detection(model, loader, device, amp, dataset, stats=None):
@@ -146,8 +149,8 @@ def evaluate_detection(model, loader, device, amp, dataset, stats=None):
     return evaluator.summarize()
 
 
-def evaluate_segmentation(model, loader, device, amp, num_classes, tta=False, stats=None):
-    """mIoU, mAcc, aAcc (dense.md §7.2) at the labels' original resolution; tta: multi-scale + flip."""
+def evaluate_segmentation(model, loader, device, amp, num_classes, tta=False, stats=None, flip=True):
+    """mIoU, mAcc, aAcc (dense.md §7.2) at the labels' original resolution; tta: multi-scale (+ flip)."""
     from py.eval.dense_metrics import SegmentationMetric
     metric = SegmentationMetric(num_classes)
     count = skipped = 0
@@ -155,7 +158,7 @@ def evaluate_segmentation(model, loader, device, amp, num_classes, tta=False, st
         images, targets, dropped = engine.split_batch(batch)
         skipped += dropped
         for image, (label, _) in zip(images, targets):
-            scores = segment(model, image.to(device), tuple(label.shape[-2:]), amp, tta)
+            scores = segment(model, image.to(device), tuple(label.shape[-2:]), amp, tta, flip)
             metric.update(scores.argmax(0).cpu(), label)
             count += 1
     metric.all_reduce(device)
@@ -163,12 +166,13 @@ def evaluate_segmentation(model, loader, device, amp, num_classes, tta=False, st
     return metric.compute()
 
 
-def segment(model, image, out_size, amp="none", tta=False):
+def segment(model, image, out_size, amp="none", tta=False, flip=True):
     """(K, H, W) class scores of one normalised (3, h, w) image at `out_size` (the label's size).
 
     Single scale: logits resized to the input, then to out_size (bilinear), as mmseg's whole-image
     test. tta: the mean of the softmax over TTA_RATIOS × {plain, h-flipped}, each view's input the
-    image resized by the ratio (mmseg 1.x)."""
+    image resized by the ratio (mmseg 1.x); flip=False leaves out the flipped views (build_datasets'
+    info["flip_tta"]: False for the digit canvases)."""
     if not tta:
         return F.interpolate(_logits(model, image[None], amp), size=out_size, mode="bilinear",
                              align_corners=False)[0]
@@ -177,11 +181,11 @@ def segment(model, image, out_size, amp="none", tta=False):
     for r in TTA_RATIOS:
         size = (max(1, int(h * r + 0.5)), max(1, int(w * r + 0.5)))
         view = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)
-        for flip in (False, True):
-            logits = _logits(model, view.flip(-1) if flip else view, amp)
+        for mirrored in ((False, True) if flip else (False,)):
+            logits = _logits(model, view.flip(-1) if mirrored else view, amp)
             logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
-            total = total + F.softmax(logits.flip(-1) if flip else logits, dim=1)
-    return total[0] / (2 * len(TTA_RATIOS))
+            total = total + F.softmax(logits.flip(-1) if mirrored else logits, dim=1)
+    return total[0] / ((2 if flip else 1) * len(TTA_RATIOS))
 
 
 def _logits(model, x, amp):

@@ -160,3 +160,27 @@ def test_norm_names_no_decay_rule():
                dict(model.named_parameters())[n].ndim == 1 for n in decayed)  # the stem's LayerNorm
     with pytest.raises(ValueError, match="no-decay rule"):
         optim.build_optimizer(model, 1e-3, 0.05, rule="bogus")
+
+
+class _LeftHalfIsOne(torch.nn.Module):
+    """Fake segmenter, logits at stride 2: class 1 on the left half of its input, 0 on the right: not
+    mirror-symmetric, so a flipped view disagrees with the plain one."""
+
+    def forward(self, x):
+        h, w = (x.shape[-2] + 1) // 2, (x.shape[-1] + 1) // 2
+        left = (torch.arange(w) < w / 2).float().expand(x.shape[0], h, w)
+        return torch.stack([1 - left, left], 1) * 10
+
+
+def test_segment_single_scale_and_tta_with_and_without_flips():
+    image = torch.zeros(3, 16, 24)
+    plain = dense.segment(_LeftHalfIsOne(), image, (16, 24))
+    assert plain.shape == (2, 16, 24) and (plain.argmax(0)[:, :12] == 1).all() and (plain.argmax(0)[:, 12:] == 0).all()
+    no_flip = dense.segment(_LeftHalfIsOne(), image, (16, 24), tta=True, flip=False)
+    torch.testing.assert_close(no_flip.sum(0), torch.ones(16, 24))  # a mean of softmaxes
+    assert (no_flip.argmax(0) == plain.argmax(0)).float().mean() > 0.9  # every scale agrees, up to borders
+    flipped = dense.segment(_LeftHalfIsOne(), image, (16, 24), tta=True)
+    away_from_centre = torch.cat([flipped[..., :8], flipped[..., 16:]], -1)  # the mirror views cancel it out
+    torch.testing.assert_close(away_from_centre, torch.full((2, 16, 16), 0.5), atol=0.1, rtol=0)
+    assert not dense.build_datasets(dict(task="segmentation", data_path=None, img_size=64, val_fraction=0.2,
+                                         model="upernet_vmamba_mnist"), train=False)[2]["flip_tta"]
