@@ -3,10 +3,12 @@
 
     python3 tools/test_summary.py [bazel-testlogs]   ->  "Tests: 123 passed, 0 failed, 4 skipped"
 
-Counts test cases (not Bazel targets), from the targets' latest runs. Exits 1 if any failed or
-errored, or if no test case ran at all.
+Counts test cases (not Bazel targets), from the targets' latest runs: a target's run_<i>_of_<n>/
+reports (left by --runs_per_test) count only when it has no report of its own, so an earlier repeated
+run is not added to a later plain one. Exits 1 if any failed or errored, or if no test case ran at all.
 """
 import pathlib
+import re
 import sys
 import xml.etree.ElementTree as ET
 
@@ -14,6 +16,9 @@ import xml.etree.ElementTree as ET
 def count(testlogs):
     passed = failed = skipped = 0
     for xml in sorted(pathlib.Path(testlogs).rglob("test.xml")):
+        repeat = re.fullmatch(r"run_\d+_of_\d+", xml.parent.name)
+        if repeat and (xml.parent.parent / "test.xml").is_file():
+            continue
         try:
             root = ET.parse(xml).getroot()
         except ET.ParseError:
