@@ -78,10 +78,9 @@ def build_datasets(cfg, train=True):
     train_tf, eval_tf = segmentation_transforms(cfg)
     train_set = dense_data.SemanticSegmentation(root, "train", train_tf) if train else None
     val_set = dense_data.SemanticSegmentation(root, "val", eval_tf)
-    # flip_tta: whether --tta may mirror the images (not the canvases' digits, as in training)
-    flip_tta = bool(cfg["data_path"]) or CANVAS_SEG_POLICY["flip_p"] > 0
+    # flip_tta: --tta mirrors the images only if training does (never the canvases' digits)
     return train_set, val_set, {"num_classes": val_set.num_classes, "class_names": val_set.class_names,
-                                "flip_tta": flip_tta}
+                                "flip_tta": train_tf.flip_p > 0}
 
 
 def segmentation_transforms(cfg):
